@@ -1,0 +1,165 @@
+"""All tunable settings in one typed place.
+
+Configs are plain frozen dataclasses so they can be written as JSON beside every run and
+every set of weights, and read back by inference without importing training code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+WINDOWS = ("brain", "bone")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How source JPGs become model inputs (the paper: 650 → 512, /255, binarised masks)."""
+
+    size_px: int = 512
+    mask_threshold: float = 0.5  # on the [0, 1] resized mask; JPEG masks are not binary
+    image_interpolation: str = "area"  # "area" or "bilinear"
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The segmenter. Defaults are the paper's (1×512×512, 32/64/128/256 filters)."""
+
+    input_size_px: int = 512
+    base_filters: int = 32
+    depth: int = 4
+    windows: tuple[str, ...] = ("brain",)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The stage-1 slice classifier: a small conv net, cheap enough to run on every slice."""
+
+    input_size_px: int = 256
+    base_filters: int = 16
+    blocks: int = 5
+    windows: tuple[str, ...] = ("brain",)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The paper's protocol: BCE + Dice, Adam 1e-4, batch 8, ≤ 40 epochs, early stopping."""
+
+    epochs: int = 40
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    patience: int = 8  # epochs without a better validation score before stopping
+    positive_fraction: float = 0.5  # share of positive slices drawn per epoch (oversampling)
+    samples_per_epoch: int = 0  # 0 = as many as there are training slices
+    seed: int = 0
+    channels_last: bool = True  # faster convolutions on x86 CPUs
+    resume_every_steps: int = 20  # how often a resumable state is written mid-epoch
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How the two stages combine into a slice verdict and a mask."""
+
+    classifier_threshold: float = 0.5
+    mask_threshold: float = 0.5  # on the U-Net probability, after upsampling to 512
+    min_area_px: int = 20  # at 512×512; smaller predicted masks count as empty
+    eval_size_px: int = 512
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one `ichseg run` needs, saved as ``config.json`` in its output folder."""
+
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    train_unet: TrainConfig = field(default_factory=TrainConfig)
+    train_classifier: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, patience=5))
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    val_fraction: float = 0.2
+    split_seed: int = 0
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Dataclass → JSON-ready dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a (nested) config dataclass, rejecting unknown keys so typos are not ignored."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls} is not a dataclass")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    hints = _resolved_types(cls)
+    for name, value in data.items():
+        ftype = hints[name]
+        if dataclasses.is_dataclass(ftype):
+            kwargs[name] = from_dict(ftype, value)
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _resolved_types(cls: type) -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(cls)
+
+
+def save_json(data: dict[str, Any], path: Path) -> None:
+    """Atomic JSON write: a crash never leaves a half-written config behind."""
+    from ichseg.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    """Read JSON with an error that names the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read JSON ({exc})") from exc
+
+
+def preset(name: str) -> RunConfig:
+    """Named configurations.
+
+    - ``paper``: the paper's exact networks at 512×512 (about 3.5 s per slice per training
+      step on 2 CPU cores: for a GPU, or for a few epochs).
+    - ``cpu``: the configuration trained for docs/RESULTS.md on 2 CPU cores: U-Net at
+      192×192 with 16 base filters, evaluated at 512×512.
+    - ``demo``: the embedded synthetic demo, sized to finish in minutes.
+    """
+    if name == "paper":
+        return RunConfig()
+    if name == "cpu":
+        return RunConfig(
+            unet=UNetConfig(input_size_px=192, base_filters=16),
+            classifier=ClassifierConfig(input_size_px=192, base_filters=16),
+            train_unet=TrainConfig(epochs=40, patience=8, samples_per_epoch=800),
+            train_classifier=TrainConfig(epochs=20, patience=5, samples_per_epoch=800),
+        )
+    if name == "demo":
+        return RunConfig(
+            unet=UNetConfig(input_size_px=128, base_filters=16),
+            classifier=ClassifierConfig(input_size_px=128, base_filters=8),
+            train_unet=TrainConfig(epochs=12, patience=4, samples_per_epoch=192),
+            train_classifier=TrainConfig(epochs=8, patience=3, samples_per_epoch=192),
+        )
+    raise ValueError(f"unknown preset {name!r} (choose from paper, cpu, demo)")
+
+
+PRESETS = ("paper", "cpu", "demo")

@@ -1,0 +1,1 @@
+"""Dataset layouts, slice index, preprocessing cache, splits and synthetic data."""

@@ -1,0 +1,22 @@
+"""Model builders: configs in, networks out, so inference needs no training code."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ichseg.config import ClassifierConfig, UNetConfig
+from ichseg.models.classifier import SliceClassifier
+from ichseg.models.unet import UNet, count_parameters
+
+__all__ = ["SliceClassifier", "UNet", "build_model", "count_parameters"]
+
+
+def build_model(config: UNetConfig | ClassifierConfig) -> nn.Module:
+    """Instantiate the network a config describes."""
+    if isinstance(config, UNetConfig):
+        if config.input_size_px % 2**config.depth:
+            raise ValueError(f"U-Net input {config.input_size_px}px is not divisible by 2**depth={2**config.depth}")
+        return UNet(len(config.windows), config.base_filters, config.depth)
+    if isinstance(config, ClassifierConfig):
+        return SliceClassifier(len(config.windows), config.base_filters, config.blocks)
+    raise TypeError(f"no model for {type(config).__name__}")

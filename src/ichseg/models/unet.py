@@ -1,0 +1,69 @@
+"""The paper's U-Net, written out because its exact shape (no batch-norm, no dropout,
+transposed-conv decoder) is not one of MONAI's stock networks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
+    """Two 3×3 conv + ReLU, padding 1, so skip connections line up without cropping."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_ch, out_ch, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """Encoder-decoder with skip concatenation.
+
+    With the defaults (``base_filters=32``, ``depth=4``) the encoder has 32/64/128/256
+    filters, each level followed by a 2×2 max-pool, then a 256-filter bottleneck, as the
+    paper describes. The decoder mirrors it with 2×2 transposed convolutions. The last
+    1×1 conv returns *logits*; the paper's sigmoid is applied by the loss
+    (``BCEWithLogits``) and at inference, which is the same function but numerically safer.
+    """
+
+    def __init__(self, in_channels: int = 1, base_filters: int = 32, depth: int = 4) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        widths = [base_filters * 2**i for i in range(depth)]
+        self.depth = depth
+        self.down = nn.ModuleList()
+        ch = in_channels
+        for w in widths:
+            self.down.append(_double_conv(ch, w))
+            ch = w
+        self.pool = nn.MaxPool2d(2)
+        # The paper keeps the bottleneck at the deepest encoder width (256 for 32 filters).
+        self.bottleneck = _double_conv(ch, widths[-1])
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        ch = widths[-1]
+        for w in reversed(widths):
+            self.up.append(nn.ConvTranspose2d(ch, w, kernel_size=2, stride=2))
+            self.dec.append(_double_conv(2 * w, w))
+            ch = w
+        self.head = nn.Conv2d(ch, 1, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Input (N, C, H, W) with H and W divisible by 2**depth; output logits (N, 1, H, W)."""
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
+            x = up(x)
+            x = dec(torch.cat([x, skip], dim=1))
+        return self.head(x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, the figure papers quote."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,1 @@
+"""Losses, sampling, checkpoints and the training loop."""

@@ -1,0 +1,228 @@
+"""The training loop, short enough to read in one sitting.
+
+One function trains either stage: the U-Net on masks (monitor: validation Dice) or the
+classifier on slice labels (monitor: validation ROC AUC). Data arrive as in-memory uint8
+arrays, which for CT-ICH at CPU resolutions fit easily in RAM and avoid loader overhead.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.metrics import compute_roc_auc
+from torch import nn
+
+from ichseg.config import ClassifierConfig, TrainConfig, UNetConfig, to_dict
+from ichseg.io import atomic_write
+from ichseg.models import build_model, count_parameters
+from ichseg.train.checkpoint import DATASET_CREDIT, load_resume, save_model, save_resume
+from ichseg.train.losses import bce_dice_loss
+from ichseg.train.sampling import epoch_indices
+
+log = logging.getLogger(__name__)
+HISTORY_FIELDS = ("epoch", "train_loss", "train_score", "val_loss", "val_score", "seconds")
+
+
+@dataclass
+class Arrays:
+    """A split held in memory: images uint8 (N, C, S, S), masks bool (N, S, S), labels (N,)."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class TrainResult:
+    best_score: float
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    history: list[dict[str, float]]
+    stopped_early: bool
+
+
+def to_tensor(images_u8: np.ndarray, channels_last: bool) -> torch.Tensor:
+    """uint8 → float in [0, 1] (the paper's /255)."""
+    x = torch.from_numpy(images_u8).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def dice_sums(logits: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
+    """(intersection, predicted, true) pixel counts at probability 0.5 (logit 0)."""
+    pred = logits > 0
+    truth = masks.bool()
+    return np.array([(pred & truth).sum().item(), pred.sum().item(), truth.sum().item()], float)
+
+
+def dice_from_sums(s: np.ndarray) -> float:
+    """Global Dice from summed counts; 1.0 when nothing is predicted or true."""
+    denom = s[1] + s[2]
+    return float(2 * s[0] / denom) if denom else 1.0
+
+
+@torch.no_grad()
+def validate(model: nn.Module, data: Arrays, segmenter: bool, loss_fn: nn.Module, channels_last: bool, batch: int = 16) -> tuple[float, float]:
+    """(mean loss, score): global Dice for the U-Net, ROC AUC for the classifier."""
+    model.eval()
+    losses, sums, scores = [], np.zeros(3), []
+    for i in range(0, len(data.images), batch):
+        x = to_tensor(data.images[i : i + batch], channels_last)
+        out = model(x)
+        if segmenter:
+            y = torch.from_numpy(data.masks[i : i + batch]).unsqueeze(1).float()
+            sums += dice_sums(out, y)
+        else:
+            y = torch.from_numpy(data.labels[i : i + batch]).float()
+            scores.append(torch.sigmoid(out))
+        losses.append(loss_fn(out, y).item() * len(x))
+    model.train()
+    loss = float(np.sum(losses) / max(len(data.images), 1))
+    if segmenter:
+        return loss, dice_from_sums(sums)
+    y_all = torch.from_numpy(data.labels).float()
+    if y_all.min() == y_all.max():
+        return loss, float("nan")
+    return loss, float(compute_roc_auc(torch.cat(scores), y_all))
+
+
+def train_model(
+    model_config: UNetConfig | ClassifierConfig,
+    config: TrainConfig,
+    train: Arrays,
+    val: Arrays,
+    out_dir: Path,
+    *,
+    meta: dict[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> TrainResult:
+    """Train with early stopping; writes ``best``/``last`` checkpoints, ``history.csv`` and a
+    resumable state into ``out_dir``.
+
+    ``max_steps`` stops after that many optimizer steps counted over the whole run, as a
+    kill would (tests use it to prove that ``resume`` continues exactly).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    segmenter = isinstance(model_config, UNetConfig)
+    torch.manual_seed(config.seed)
+    model = build_model(model_config)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    log.info("%s: %s parameters", type(model).__name__, f"{count_parameters(model):,}")
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    loss_fn = bce_dice_loss() if segmenter else nn.BCEWithLogitsLoss()
+    n_samples = config.samples_per_epoch or len(train.images)
+    steps_per_epoch = -(-n_samples // config.batch_size)
+    meta = {**(meta or {}), "train_config": to_dict(config), "dataset_credit": DATASET_CREDIT}
+
+    state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "best_score": -1.0,
+                             "best_epoch": -1, "since_best": 0, "run_sums": [0.0, 0.0, 0.0, 0.0], "seconds": 0.0}
+    if resume:
+        state = load_resume(out_dir, model, optimizer) or state
+    stopped_early = state.get("stopped_early", False)
+    t_start = time.perf_counter() - state["seconds"]
+
+    while state["epoch"] < config.epochs and not stopped_early:
+        epoch = state["epoch"]
+        order = epoch_indices(train.labels, n_samples, config.positive_fraction, config.seed, epoch)
+        t_epoch = time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps_per_epoch, initial=state["step_in_epoch"], desc=f"{'unet' if segmenter else 'classifier'} epoch {epoch + 1}/{config.epochs}", leave=False)
+        # run_sums = [loss·n, n, then Dice sums (I, P+T) or accuracy sums]
+        for step in range(state["step_in_epoch"], steps_per_epoch):
+            idx = np.sort(order[step * config.batch_size : (step + 1) * config.batch_size])
+            x = to_tensor(train.images[idx], config.channels_last)
+            if segmenter:
+                y = torch.from_numpy(train.masks[idx]).unsqueeze(1).float()
+            else:
+                y = torch.from_numpy(train.labels[idx]).float()
+            out = model(x)
+            loss = loss_fn(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            rs = state["run_sums"]
+            rs[0] += loss.item() * len(idx)
+            rs[1] += len(idx)
+            if segmenter:
+                s = dice_sums(out.detach(), y)
+                rs[2] += s[0]
+                rs[3] += s[1] + s[2]
+                running = 2 * rs[2] / rs[3] if rs[3] else 1.0
+            else:
+                rs[2] += float(((out.detach() > 0).float() == y).sum())
+                rs[3] += len(idx)
+                running = rs[2] / rs[3]
+            state["step_in_epoch"] = step + 1
+            state["global_step"] += 1
+            if bar is not None:
+                bar.set_postfix(loss=f"{rs[0] / rs[1]:.4f}", **{"dice" if segmenter else "acc": f"{running:.3f}"})
+                bar.update(1)
+            if max_steps is not None and state["global_step"] >= max_steps:
+                state["seconds"] = time.perf_counter() - t_start
+                save_resume(out_dir, model, optimizer, state)
+                if bar is not None:
+                    bar.close()
+                log.info("stopping after %d steps (max_steps)", max_steps)
+                return TrainResult(state["best_score"], state["best_epoch"], epoch, state["seconds"], state["history"], False)
+            if config.resume_every_steps and state["global_step"] % config.resume_every_steps == 0:
+                state["seconds"] = time.perf_counter() - t_start
+                save_resume(out_dir, model, optimizer, state)
+        if bar is not None:
+            bar.close()
+
+        rs = state["run_sums"]
+        val_loss, val_score = validate(model, val, segmenter, loss_fn, config.channels_last)
+        row = {"epoch": epoch + 1, "train_loss": rs[0] / max(rs[1], 1),
+               "train_score": float(2 * rs[2] / rs[3] if segmenter else rs[2] / rs[3]) if rs[3] else 1.0,
+               "val_loss": val_loss, "val_score": val_score, "seconds": time.perf_counter() - t_epoch}
+        state["history"].append(row)
+        log.info("epoch %d: train loss %.4f score %.4f | val loss %.4f score %.4f | %.0fs", row["epoch"],
+                 row["train_loss"], row["train_score"], val_loss, val_score, row["seconds"])
+        epoch_meta = {**meta, "epoch": epoch + 1, "val_score": val_score}
+        if np.isnan(val_score) or val_score > state["best_score"]:
+            state["best_score"], state["best_epoch"], state["since_best"] = (0.0 if np.isnan(val_score) else val_score), epoch + 1, 0
+            save_model(model, model_config, out_dir / "best", epoch_meta)
+        else:
+            state["since_best"] += 1
+        save_model(model, model_config, out_dir / "last", epoch_meta)
+        write_history(state["history"], out_dir / "history.csv")
+        state.update(epoch=epoch + 1, step_in_epoch=0, run_sums=[0.0, 0.0, 0.0, 0.0])
+        if state["since_best"] >= config.patience:
+            stopped_early = True
+            log.info("early stop: no better validation score for %d epochs", config.patience)
+        state["stopped_early"] = stopped_early
+        state["seconds"] = time.perf_counter() - t_start
+        save_resume(out_dir, model, optimizer, state)
+
+    return TrainResult(state["best_score"], state["best_epoch"], state["epoch"], state["seconds"], state["history"], stopped_early)
+
+
+def write_history(history: list[dict[str, float]], path: Path) -> None:
+    """Per-epoch history as CSV (rewritten whole each epoch, atomically)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+            w.writeheader()
+            w.writerows(history)
+
+    atomic_write(path, write)
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """Load ``history.csv`` as floats."""
+    with open(path, newline="") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
