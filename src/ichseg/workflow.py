@@ -14,7 +14,7 @@ import numpy as np
 
 from ichseg.config import RunConfig, load_json, save_json, to_dict
 from ichseg.data.cache import SliceCache
-from ichseg.data.ctich import IndexResult, SliceRecord, build_index, read_index, write_disagreements, write_index
+from ichseg.data.ctich import IndexResult, SliceRecord, build_index, write_disagreements, write_index
 from ichseg.data.splits import load_split, save_split, select, split_patients
 from ichseg.io import sha256_text
 from ichseg.train.loop import Arrays, TrainResult, train_model
@@ -26,8 +26,13 @@ def git_commit() -> str:
     """The source commit, recorded beside weights so a result can be traced to code."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -55,8 +60,15 @@ def cache_for(work_dir: Path, config: RunConfig, size_px: int) -> SliceCache:
     return SliceCache(Path(work_dir) / "cache", dataclasses.replace(config.preprocess, size_px=size_px))
 
 
-def prepare(data_dir: Path, work_dir: Path, config: RunConfig, *, skip_bad: bool = False, progress: bool = True,
-            expected_size_px: int | None = 650) -> Prepared:
+def prepare(
+    data_dir: Path,
+    work_dir: Path,
+    config: RunConfig,
+    *,
+    skip_bad: bool = False,
+    progress: bool = True,
+    expected_size_px: int | None = 650,
+) -> Prepared:
     """Index, preprocess at every resolution the run needs, and split by patient."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -67,16 +79,22 @@ def prepare(data_dir: Path, work_dir: Path, config: RunConfig, *, skip_bad: bool
     for size in sizes:
         records = cache_for(work_dir, config, size).build(records, windows, skip_bad=skip_bad, progress=progress)
     manifest = load_json(cache_for(work_dir, config, sizes[0]).manifest_path)["files"]
-    checksum = sha256_text("".join(f"{k}={manifest[k]['sha256']};" for k in sorted(manifest)
-                                   if k.split("/")[0] in {r.patient_id for r in records}))
+    checksum = sha256_text(
+        "".join(f"{k}={manifest[k]['sha256']};" for k in sorted(manifest) if k.split("/")[0] in {r.patient_id for r in records})
+    )
     split_path = work_dir / "split.json"
     split = split_patients(records, config.val_fraction, config.split_seed)
     if split_path.exists() and load_split(split_path) != split:
         log.warning("%s differs from the split this config gives; rewriting it", split_path)
     save_split(split, split_path, seed=config.split_seed, val_fraction=config.val_fraction)
     save_json(to_dict(config), work_dir / "config.json")
-    log.info("%d slices, %d patients (%d train / %d val)", len(records), len({r.patient_id for r in records}),
-             len(split["train"]), len(split["val"]))
+    log.info(
+        "%d slices, %d patients (%d train / %d val)",
+        len(records),
+        len({r.patient_id for r in records}),
+        len(split["train"]),
+        len(split["val"]),
+    )
     return Prepared(records, split, work_dir, config, checksum)
 
 
@@ -88,19 +106,34 @@ def load_arrays(prep: Prepared, part: str, size_px: int, windows: tuple[str, ...
     return Arrays(images, masks, labels)
 
 
-def train_stage(prep: Prepared, which: str, *, resume: bool = False, progress: bool = True,
-                max_steps: int | None = None) -> TrainResult:
+def train_stage(
+    prep: Prepared, which: str, *, resume: bool = False, progress: bool = True, max_steps: int | None = None
+) -> TrainResult:
     """Train ``which`` ("unet" or "classifier") into ``work_dir/train/<which>/``."""
     cfg = prep.config
     model_cfg, train_cfg = (cfg.unet, cfg.train_unet) if which == "unet" else (cfg.classifier, cfg.train_classifier)
     size, windows = model_cfg.input_size_px, tuple(model_cfg.windows)
     train = load_arrays(prep, "train", size, windows)
     val = load_arrays(prep, "val", size, windows)
-    meta = {"git_commit": git_commit(), "seed": train_cfg.seed, "data_checksum": prep.data_checksum,
-            "train_patients": prep.split["train"], "val_patients": prep.split["val"],
-            "preprocess": to_dict(dataclasses.replace(cfg.preprocess, size_px=size))}
-    return train_model(model_cfg, train_cfg, train, val, prep.work_dir / "train" / which, meta=meta,
-                       resume=resume, progress=progress, max_steps=max_steps)
+    meta = {
+        "git_commit": git_commit(),
+        "seed": train_cfg.seed,
+        "data_checksum": prep.data_checksum,
+        "train_patients": prep.split["train"],
+        "val_patients": prep.split["val"],
+        "preprocess": to_dict(dataclasses.replace(cfg.preprocess, size_px=size)),
+    }
+    return train_model(
+        model_cfg,
+        train_cfg,
+        train,
+        val,
+        prep.work_dir / "train" / which,
+        meta=meta,
+        resume=resume,
+        progress=progress,
+        max_steps=max_steps,
+    )
 
 
 def bundle_stage(work_dir: Path, config: RunConfig, checkpoint: str = "best") -> Path:

@@ -125,7 +125,7 @@ class SliceCache:
         jobs = [(rec, e) for rec in records for e in self._entries(rec, windows)]
 
         def work(item: tuple[SliceRecord, tuple[str, str, str]]) -> tuple[str, dict[str, str] | None, str | None]:
-            rec, (key, src, kind) = item
+            _, (key, src, kind) = item
             out = self.dir / f"{key}.png"
             try:
                 digest = sha256_file(Path(src)) if src else "empty"
@@ -189,7 +189,7 @@ class SliceCache:
                 path = self.dir / f"{rec.patient_id}/{rec.slice}_{w}.png"
                 if path.exists():
                     images[i, c] = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-                elif (w == "bone" and not rec.bone_path):
+                elif w == "bone" and not rec.bone_path:
                     log.warning("patient %s slice %d: no %s window, using zeros", rec.patient_id, rec.slice, w)
                 else:
                     raise DatasetError(f"{path}: not in the cache (run preprocessing first)")

@@ -82,9 +82,7 @@ def read_diagnosis_csv(path: Path) -> dict[tuple[int, int], dict[str, int]]:
     the first column would be called ``\\ufeffPatientNumber``.
     """
     path = Path(path)
-    required = {"PatientNumber", "SliceNumber", "No_Hemorrhage", "Fracture_Yes_No"} | {
-        s.capitalize() for s in SUBTYPES
-    }
+    required = {"PatientNumber", "SliceNumber", "No_Hemorrhage", "Fracture_Yes_No"} | {s.capitalize() for s in SUBTYPES}
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
             reader = csv.DictReader(fh)
@@ -174,9 +172,7 @@ def _check_image(path: Path, expected_size_px: int | None) -> tuple[int, int]:
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DatasetError(f"{path}: not a readable image ({exc})") from exc
     if expected_size_px is not None and size != (expected_size_px, expected_size_px):
-        raise DatasetError(
-            f"{path}: image is {size[0]}×{size[1]}, expected {expected_size_px}×{expected_size_px}"
-        )
+        raise DatasetError(f"{path}: image is {size[0]}×{size[1]}, expected {expected_size_px}×{expected_size_px}")
     return size
 
 
@@ -283,8 +279,10 @@ def build_index(
             csv_hem = 1 - row["no_hemorrhage"]
             if hem != csv_hem:
                 detail = (
-                    "mask file exists but is empty" if n in masks and mask_px == 0
-                    else "mask present, No_Hemorrhage=1" if hem
+                    "mask file exists but is empty"
+                    if n in masks and mask_px == 0
+                    else "mask present, No_Hemorrhage=1"
+                    if hem
                     else "no mask, No_Hemorrhage=0"
                 )
                 disagreements.append(Disagreement(pdir.name, n, hem, csv_hem, detail))
@@ -303,7 +301,9 @@ def build_index(
     if problems:
         shown = "\n  ".join(problems[:50])
         more = f"\n  … and {len(problems) - 50} more" if len(problems) > 50 else ""
-        raise DatasetError(f"{len(problems)} problem(s) in {data_dir} (use --skip-bad to leave these slices out):\n  {shown}{more}")
+        raise DatasetError(
+            f"{len(problems)} problem(s) in {data_dir} (use --skip-bad to leave these slices out):\n  {shown}{more}"
+        )
     if not records:
         raise DatasetError(f"{data_dir}: no usable slices")
     for d in disagreements:
@@ -313,6 +313,7 @@ def build_index(
 
 def write_index(records: list[SliceRecord], path: Path) -> None:
     """Write ``index.csv`` atomically, one row per slice, columns ``INDEX_COLUMNS``."""
+
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=INDEX_COLUMNS, lineterminator="\n")
@@ -325,6 +326,7 @@ def write_index(records: list[SliceRecord], path: Path) -> None:
 
 def write_disagreements(disagreements: list[Disagreement], path: Path) -> None:
     """Write every mask/CSV label disagreement (header only when there are none)."""
+
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=[f.name for f in fields(Disagreement)], lineterminator="\n")
@@ -346,8 +348,15 @@ def read_index(path: Path) -> list[SliceRecord]:
             out = []
             for row in reader:
                 ints = {k: int(row[k]) for k in INDEX_COLUMNS if k not in ("patient_id", "image_path", "bone_path", "mask_path")}
-                out.append(SliceRecord(patient_id=row["patient_id"], image_path=row["image_path"],
-                                       bone_path=row["bone_path"], mask_path=row["mask_path"], **ints))
+                out.append(
+                    SliceRecord(
+                        patient_id=row["patient_id"],
+                        image_path=row["image_path"],
+                        bone_path=row["bone_path"],
+                        mask_path=row["mask_path"],
+                        **ints,
+                    )
+                )
     except FileNotFoundError as exc:
         raise DatasetError(f"{path}: index not found (run `ichseg index` first)") from exc
     return out

@@ -75,8 +75,7 @@ SUBTYPES: tuple[str, ...] = (
 )
 
 DIAGNOSIS_HEADER = (
-    "PatientNumber,SliceNumber,Intraventricular,Intraparenchymal,Subarachnoid,"
-    "Epidural,Subdural,No_Hemorrhage,Fracture_Yes_No"
+    "PatientNumber,SliceNumber,Intraventricular,Intraparenchymal,Subarachnoid,Epidural,Subdural,No_Hemorrhage,Fracture_Yes_No"
 )
 # The real file has a line break inside the quoted "Age (years)" header cell; loaders
 # must cope with it, so the synthetic file reproduces it.
@@ -111,9 +110,9 @@ _GALEA = 30.0
 _CORTICAL_BONE = 1900.0
 _DIPLOE = 850.0
 _CSF = 6.0
-_GREY = 37.0
-_WHITE = 27.0
-_DEEP_GREY = 34.0
+_GREY = 41.0
+_WHITE = 32.0
+_DEEP_GREY = 36.0
 _FALX = 45.0
 _EDEMA = 16.0
 _BLOOD_RANGE = (66.0, 82.0)
@@ -150,9 +149,7 @@ class SyntheticConfig:
         if self.size_px < 64:
             raise ValueError(f"size_px must be >= 64, got {self.size_px}")
         if not 0.0 <= self.hemorrhage_fraction <= 1.0:
-            raise ValueError(
-                f"hemorrhage_fraction must be within [0, 1], got {self.hemorrhage_fraction}"
-            )
+            raise ValueError(f"hemorrhage_fraction must be within [0, 1], got {self.hemorrhage_fraction}")
         if self.first_id < 0:
             raise ValueError(f"first_id must be >= 0, got {self.first_id}")
         if self.seed < 0:
@@ -271,9 +268,7 @@ class _Frame:
     def thickness_px(self, theta: np.ndarray) -> np.ndarray:
         """Skull thickness in pixels; thicker frontally/occipitally like a real skull."""
         return self.skull_px * (
-            1.0
-            + 0.28 * np.cos(2 * theta + self._thk_phase[0])
-            + 0.10 * np.cos(3 * theta + self._thk_phase[1])
+            1.0 + 0.28 * np.cos(2 * theta + self._thk_phase[0]) + 0.10 * np.cos(3 * theta + self._thk_phase[1])
         )
 
     def uv_to_px(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -298,23 +293,22 @@ def _fill(img: np.ndarray, points: np.ndarray, value: float) -> None:
 
 
 def _line(img: np.ndarray, points: np.ndarray, value: float, thickness: int) -> None:
-    cv2.polylines(
-        img, [_pts(points)], False, float(value), max(1, int(thickness)), cv2.LINE_8, _SHIFT
-    )
+    cv2.polylines(img, [_pts(points)], False, float(value), max(1, int(thickness)), cv2.LINE_8, _SHIFT)
 
 
 def _ventricles(frame: _Frame, slice_pos: float, scale: float) -> list[np.ndarray]:
     """Lateral ventricle outlines ('butterfly' of two curved horns) for mid slices.
 
-    Returned as closed polygons ordered from frontal (index 0) to occipital end, so a
-    posterior part can be cut out for intraventricular blood (which layers there).
+    Returns one (2, N, 2) array of wall points per side (left and right wall, ordered
+    from the frontal to the occipital end), so a posterior part can be cut out for
+    intraventricular blood, which layers there; ``_wall_polygon`` closes it.
     """
     vf = _bump(slice_pos, 0.36, 0.74)
     if vf < 0.15:
         return []
     s = np.linspace(-1.0, 1.0, 40)
     v = -0.04 + s * 0.27 * math.sqrt(vf) * scale
-    half_width = frame.a * (0.026 + 0.012 * s**2 + 0.012 * (s + 1.0) ** 2 / 4.0) * vf * scale
+    half_width = frame.a * (0.03 + 0.016 * s**2 + 0.02 * (s + 1.0) ** 2 / 4.0) * vf * scale
     polys = []
     for side in (-1.0, 1.0):
         u = side * (0.065 + 0.09 * s**2) * scale
@@ -336,9 +330,7 @@ def _polygon_area(points: np.ndarray) -> float:
     return float(cv2.contourArea(np.asarray(points, dtype=np.float32).reshape(-1, 1, 2)))
 
 
-def _bleed_mask(
-    frame: _Frame, bleed: Bleed, ventricles: list[np.ndarray]
-) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _bleed_mask(frame: _Frame, bleed: Bleed, ventricles: list[np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Draws one bleed into a fresh uint8 mask; returns (mask, edema_mask or None).
 
     The mask is not yet clipped to the intracranial space; the caller does that so
@@ -375,7 +367,7 @@ def _bleed_mask(
         if bleed.kind == EPIDURAL:
             # Biconvex lens: short arc, deep, blunt profile.
             half_arc = float(np.clip(0.22 * (target / px**2 / 2000.0) ** 0.3, 0.14, 0.55))
-            power, depth_cap = 0.6, 0.28
+            power, depth_cap = 0.5, 0.28
         else:
             # Crescent: long arc, thin, tapering ends.
             half_arc = float(np.clip(0.55 * (target / px**2 / 2000.0) ** 0.3, 0.35, 1.3))
@@ -385,12 +377,20 @@ def _bleed_mask(
         theta = theta0 + half_arc * s
         rin = frame.rho_in(theta)
         ru = frame.unit_px(theta)
-        prof = (1.0 - s**2) ** power
-        prof = prof * (1.0 + 0.08 * np.sin(srng.uniform(2, 5) * np.pi * s + srng.uniform(0, 6)))
-        arc_px = float(np.sum(prof * ru * rin)) * (2 * half_arc / (s.size - 1))
+        table = frame.polar_to_px(rin, theta)
+        # Inward normal of the inner table, so the clot thickness is measured
+        # perpendicular to the skull whatever the head's eccentricity.
+        tangent = np.gradient(table, axis=0)
+        normal = np.stack([tangent[:, 1], -tangent[:, 0]], axis=1)
+        normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-9
+        inward = np.array([frame.cx, frame.cy]) - table
+        normal *= np.sign(np.sum(normal * inward, axis=1, keepdims=True))
+        skew = srng.uniform(-0.25, 0.25)  # slightly asymmetric, as real clots are
+        prof = (1.0 - s**2) ** power * (1.0 + skew * s)
+        arc_px = float(np.sum(prof * np.linalg.norm(tangent, axis=1)))
         depth = min(target / max(arc_px, 1e-6), depth_cap * float(ru.mean()))
-        outer = frame.polar_to_px(rin + 2.0 * px / ru, theta)
-        inner = frame.polar_to_px(rin - depth * prof / ru, theta)
+        outer = table - normal * (2.0 * px)
+        inner = table + normal * (depth * prof)[:, None]
         _fill(mask, np.concatenate([outer, inner[::-1]], axis=0), 1)
         return mask, None
 
@@ -410,7 +410,7 @@ def _bleed_mask(
             sulcus = frame.polar_to_px(rin - offsets / ru, ths)
             tail_th = th + np.linspace(0.0, srng.uniform(-0.16, 0.16), 6)
             tail = frame.polar_to_px(rin - 2.0 * px / frame.unit_px(tail_th), tail_th)
-            thickness = max(1, int(round(srng.uniform(2.5, 4.5) * px)))
+            thickness = max(1, round(srng.uniform(2.5, 4.5) * px))
             _line(mask, np.concatenate([tail[::-1], sulcus], axis=0), 1, thickness)
             if np.count_nonzero(mask & region) >= target:
                 break
@@ -429,17 +429,42 @@ def _bleed_mask(
             break
         frac = float(np.clip(remaining / full_area, 0.2, 1.0))
         n = walls.shape[1]
-        start = min(n - 3, int(round((1.0 - frac) * (n - 1))))
+        start = min(n - 3, round((1.0 - frac) * (n - 1)))
         _fill(mask, _wall_polygon(walls, start), 1)
         remaining -= frac * full_area
     return mask, None
 
 
-def _window(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+def _window_u8(hu: np.ndarray, noise: np.ndarray, noise_hu: float, window: tuple[float, float]) -> np.ndarray:
+    """Adds noise and applies a CT window in one saturating OpenCV pass (fast)."""
     level, width = window
-    out = hu * np.float32(255.0 / width) + np.float32(-(level - width / 2.0) * 255.0 / width + 0.5)
-    np.clip(out, 0.0, 255.0, out=out)
-    return out.astype(np.uint8)
+    alpha = 255.0 / width
+    beta = -(level - width / 2.0) * alpha
+    return cv2.addWeighted(hu, alpha, noise, noise_hu * alpha, beta, dtype=cv2.CV_8U)
+
+
+def _noise_crop(rng: np.random.Generator, bank: np.ndarray, size: int) -> np.ndarray:
+    """A random size x size window of a pre-drawn noise field.
+
+    Drawing fresh Gaussian noise for every slice dominated the run time; random crops of
+    one larger field are statistically just as good for a toy data set.
+    """
+    oy, ox = rng.integers(0, bank.shape[0] - size + 1, 2)
+    return bank[oy : oy + size, ox : ox + size]
+
+
+def _noise_bank(rng: np.random.Generator, size: int) -> np.ndarray:
+    extra = max(16, size // 2)
+    return rng.standard_normal((size + extra, size + extra), dtype=np.float32)
+
+
+def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Smooth density variation (unit-ish amplitude), built at quarter resolution."""
+    q = max(16, size // 4)
+    low = cv2.resize(rng.standard_normal((8, 8)).astype(np.float32), (q, q), interpolation=cv2.INTER_CUBIC)
+    mid = cv2.resize(rng.standard_normal((40, 40)).astype(np.float32), (q, q), interpolation=cv2.INTER_CUBIC)
+    small = low * np.float32(0.8) + mid * np.float32(0.6)
+    return cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def _render(
@@ -449,6 +474,7 @@ def _render(
     head: HeadGeometry,
     bleeds: Sequence[Bleed],
     fracture_theta: float | None,
+    noise_bank: np.ndarray | None = None,
 ) -> _RenderedSlice:
     """Builds one slice as an HU map, then windows it twice."""
     size = int(size_px)
@@ -484,32 +510,38 @@ def _render(
         jitter = rng.normal(0.0, 2.0 * px / ru_f, offsets.size)
         jitter[0] = 0.0
         ths = th_f + np.cumsum(jitter)
-        rin_f = frame.rho_in(ths)
-        crack = frame.polar_to_px(rin_f + offsets / ru_f, ths)
-        _line(hu, crack, _GALEA, int(round(max(1.0, 2.5 * px))))
+        crack = frame.polar_to_px(frame.rho_in(ths) + offsets / ru_f, ths)
+        _line(hu, crack, _GALEA, round(max(1.0, 2.5 * px)))
+        _line(diploe, crack, 0, round(max(1.0, 2.5 * px)))
 
     # Intracranial contents: CSF rim, cortical grey ribbon with gyri, white matter.
-    region = np.zeros((size, size), np.uint8)
-    _fill(region, ring(0.0), 1)
-    _fill(hu, ring(0.0), _CSF)
+    inner_table = ring(0.0)
+    _fill(hu, inner_table, _CSF)
     csf = max(1.0, 3.0 * px)
     _fill(hu, ring(-csf), _GREY)
     p1, p2 = rng.uniform(0.0, 2 * np.pi, 2)
     gyri = 13.0 * px * (1.0 + 0.45 * np.sin(19 * th + p1) + 0.25 * np.sin(31 * th + p2))
     _fill(hu, ring(-csf - gyri), _WHITE)
-    sulcus_width = int(round(max(1.0, 1.6 * px)))
-    for th_s in rng.uniform(-np.pi, np.pi, 26):
-        ru_s = float(frame.unit_px(np.array(th_s)))
-        rin_s = float(frame.rho_in(np.array(th_s)))
-        offs = np.array([0.0, rng.uniform(6.0, 12.0), rng.uniform(12.0, 22.0)]) * px
-        ths = th_s + np.cumsum(rng.normal(0.0, 1.5 * px / ru_s, 3))
-        _line(hu, frame.polar_to_px(rin_s - offs / ru_s, ths), _CSF, sulcus_width)
+    # Sulci: short CSF lines running inwards from the surface (all drawn in one call).
+    n_sulci = 26
+    th_s = rng.uniform(-np.pi, np.pi, n_sulci)
+    ru_s = frame.unit_px(th_s)[:, None]
+    offs = (
+        np.stack(
+            [np.zeros(n_sulci), rng.uniform(6.0, 12.0, n_sulci), rng.uniform(12.0, 22.0, n_sulci)],
+            axis=1,
+        )
+        * px
+    )
+    ths = th_s[:, None] + np.cumsum(rng.normal(0.0, 1.0, (n_sulci, 3)) * (1.5 * px / ru_s), axis=1)
+    sulci = frame.polar_to_px(frame.rho_in(ths) - offs / ru_s, ths)
+    cv2.polylines(hu, [_pts(line) for line in sulci], False, _CSF, round(max(1.0, 1.6 * px)), cv2.LINE_8, _SHIFT)
 
     # Interhemispheric fissure with the (faintly dense) falx.
     for v0, v1 in ((-1.0, -0.55), (1.0, 0.62)):
         v = np.linspace(v0, v1, 6)
         fissure = frame.uv_to_px(rng.normal(0.0, 0.004, 6), v)
-        _line(hu, fissure, _CSF, int(round(max(1.0, 2.5 * px))))
+        _line(hu, fissure, _CSF, round(max(1.0, 2.5 * px)))
         _line(hu, fissure, _FALX, 1)
 
     # Deep grey nuclei and lateral ventricles in the middle of the stack.
@@ -518,7 +550,7 @@ def _render(
         for side in (-1.0, 1.0):
             _fill(
                 hu,
-                frame.uv_to_px(side * 0.2 + 0.075 * np.cos(phi), 0.04 + 0.14 * np.sin(phi)),
+                frame.uv_to_px(side * 0.21 + 0.07 * np.cos(phi), 0.05 + 0.13 * np.sin(phi)),
                 _DEEP_GREY,
             )
     ventricles = _ventricles(frame, slice_pos, head.ventricle_scale)
@@ -526,47 +558,48 @@ def _render(
         _fill(hu, _wall_polygon(walls), _CSF)
 
     # Bleeds: exact pixel masks, clipped to the intracranial space.
-    min_area = max(12.0, _MIN_LESION_PX * px * px)
-    lesion = np.zeros((size, size), np.uint8)
     drawn: list[tuple[np.ndarray, float]] = []
-    edemas: list[np.ndarray] = []
     kinds: set[str] = set()
-    for bleed in bleeds:
-        bmask, edema = _bleed_mask(frame, bleed, ventricles)
-        if bmask is None:
-            continue
-        bmask &= region
-        if np.count_nonzero(bmask) < min_area:
-            logger.debug("dropping %s bleed smaller than %.0f px", bleed.kind, min_area)
-            continue
-        blood_hu = float(np.random.default_rng(bleed.shape_seed).uniform(*_BLOOD_RANGE))
-        drawn.append((bmask, blood_hu))
-        if edema is not None:
-            edemas.append(edema & region)
-        kinds.add(bleed.kind)
-    for edema in edemas:
-        hu[edema.view(bool)] = _EDEMA
-    for bmask, blood_hu in drawn:
-        hu[bmask.view(bool)] = blood_hu
-        lesion |= bmask
+    lesion = np.zeros((size, size), np.uint8)
+    if bleeds:
+        region = np.zeros((size, size), np.uint8)
+        _fill(region, inner_table, 1)
+        min_area = max(12.0, _MIN_LESION_PX * px * px)
+        edemas: list[np.ndarray] = []
+        for bleed in bleeds:
+            bmask, edema = _bleed_mask(frame, bleed, ventricles)
+            if bmask is None:
+                continue
+            bmask &= region
+            if np.count_nonzero(bmask) < min_area:
+                logger.debug("dropping %s bleed smaller than %.0f px", bleed.kind, min_area)
+                continue
+            blood_hu = float(np.random.default_rng(bleed.shape_seed).uniform(*_BLOOD_RANGE))
+            drawn.append((bmask, blood_hu))
+            if edema is not None:
+                edemas.append(edema & region)
+            kinds.add(bleed.kind)
+        for edema in edemas:
+            hu[edema.view(bool)] = _EDEMA
+        for bmask, blood_hu in drawn:
+            hu[bmask.view(bool)] = blood_hu
+            lesion |= bmask
     mask = lesion.view(bool)
 
-    # Texture: smooth low-frequency density variation, trabecular bone, clot texture.
-    low = cv2.resize(rng.standard_normal((8, 8)).astype(np.float32), (size, size),
-                     interpolation=cv2.INTER_CUBIC)
-    mid = cv2.resize(rng.standard_normal((40, 40)).astype(np.float32), (size, size),
-                     interpolation=cv2.INTER_CUBIC)
-    hu += low * np.float32(2.0) + mid * np.float32(1.2)
-    hu += diploe.astype(np.float32) * (mid * np.float32(220.0))
+    # Texture: smooth density variation everywhere, trabecular pattern in the diploe,
+    # a little extra inhomogeneity in clots.
+    tex = _texture(rng, size)
+    cv2.add(hu, tex * np.float32(2.5), dst=hu)
+    cv2.add(hu, tex * np.float32(260.0), dst=hu, mask=diploe)
     if drawn:
-        hu[mask] += mid[mask] * np.float32(3.0)
-    sigma = max(0.5, 0.8 * px)
-    hu = cv2.GaussianBlur(hu, (0, 0), sigma)
+        hu[mask] += tex[mask] * np.float32(3.0)
+    hu = cv2.GaussianBlur(hu, (0, 0), max(0.5, 0.8 * px))
 
-    noise = rng.standard_normal((size, size), dtype=np.float32)
-    brain = _window(hu + noise * np.float32(_NOISE_HU), BRAIN_WINDOW)
-    bone = _window(hu + noise * np.float32(14.0), BONE_WINDOW)
-    return _RenderedSlice(brain, bone, mask.copy(), frozenset(kinds), fracture)
+    if noise_bank is None:
+        noise_bank = _noise_bank(rng, size)
+    brain = _window_u8(hu, _noise_crop(rng, noise_bank, size), _NOISE_HU, BRAIN_WINDOW)
+    bone = _window_u8(hu, _noise_crop(rng, noise_bank, size), 14.0, BONE_WINDOW)
+    return _RenderedSlice(brain, bone, mask, frozenset(kinds), fracture)
 
 
 # --------------------------------------------------------------------------- public API
@@ -633,9 +666,7 @@ def make_lesion_slice(size_px: int = 650, seed: int = 0) -> tuple[np.ndarray, np
         area_px=3500.0,
         shape_seed=int(rng.integers(0, 2**31 - 1)),
     )
-    brain, _bone, mask = render_slice(
-        rng, size_px, slice_pos=0.5, head=HeadGeometry(shape_seed=seed), bleeds=(bleed,)
-    )
+    brain, _bone, mask = render_slice(rng, size_px, slice_pos=0.5, head=HeadGeometry(shape_seed=seed), bleeds=(bleed,))
     return brain, mask
 
 
@@ -650,11 +681,11 @@ _KIND_WEIGHTS = {
     INTRAVENTRICULAR: 0.15,
 }
 _KIND_MEDIAN_AREA = {
-    INTRAPARENCHYMAL: 2600.0,
-    SUBDURAL: 2600.0,
-    EPIDURAL: 3000.0,
-    SUBARACHNOID: 1000.0,
-    INTRAVENTRICULAR: 1300.0,
+    INTRAPARENCHYMAL: 2400.0,
+    SUBDURAL: 2400.0,
+    EPIDURAL: 2700.0,
+    SUBARACHNOID: 900.0,
+    INTRAVENTRICULAR: 1200.0,
 }
 
 
@@ -682,22 +713,20 @@ def _valid_slices(n: int, lo: float, hi: float) -> list[int]:
     return valid
 
 
-def _plan_bleed(
-    rng: np.random.Generator, kind: str, n_slices: int, near: list[int] | None
-) -> dict[int, Bleed]:
+def _plan_bleed(rng: np.random.Generator, kind: str, n_slices: int, near: list[int] | None) -> dict[int, Bleed]:
     """Plans one bleed across consecutive slices, largest in the middle of its span."""
     if kind == INTRAVENTRICULAR:
         valid = _valid_slices(n_slices, 0.44, 0.66)
     else:
         valid = _valid_slices(n_slices, 0.22, 0.8)
-    length = int(round(n_slices * rng.uniform(0.2, 0.36)))
+    length = round(n_slices * rng.uniform(0.2, 0.36))
     if near:
         # A second bleed in the same patient overlaps the first one's slices.
         centre = near[len(near) // 2]
         valid = sorted(valid, key=lambda k: abs(k - centre))[: max(length + 2, 1)]
         valid.sort()
     slices = _span(rng, valid, length)
-    peak = float(np.clip(_KIND_MEDIAN_AREA[kind] * rng.lognormal(0.0, 0.65), 300.0, 14000.0))
+    peak = float(np.clip(_KIND_MEDIAN_AREA[kind] * rng.lognormal(0.0, 0.75), 300.0, 14000.0))
     if kind in (EPIDURAL, SUBDURAL):
         theta = float(rng.choice([0.0, np.pi]) + rng.uniform(-0.9, 0.9))
     else:
@@ -707,7 +736,8 @@ def _plan_bleed(
     shape_seed = int(rng.integers(0, 2**31 - 1))
     plan = {}
     for i, k in enumerate(slices):
-        profile = 0.35 + 0.65 * math.sin(math.pi * (i + 0.5) / len(slices))
+        profile = 0.2 + 0.8 * math.sin(math.pi * (i + 0.5) / len(slices))
+        profile *= float(rng.lognormal(0.0, 0.25))
         plan[k] = Bleed(
             kind=kind,
             theta=theta + drift * i,
@@ -723,7 +753,7 @@ def _plan_dataset(config: SyntheticConfig) -> list[_PatientPlan]:
     root_seq = np.random.SeedSequence(config.seed)
     plan_rng = np.random.default_rng(root_seq.spawn(1)[0])
     ids = _patient_ids(plan_rng, config)
-    n_bleeding = int(round(config.n_patients * config.hemorrhage_fraction))
+    n_bleeding = round(config.n_patients * config.hemorrhage_fraction)
     bleeding = set(plan_rng.choice(config.n_patients, size=n_bleeding, replace=False).tolist())
     kinds = list(_KIND_WEIGHTS)
     weights = np.array([_KIND_WEIGHTS[k] for k in kinds])
@@ -784,9 +814,7 @@ def _plan_dataset(config: SyntheticConfig) -> list[_PatientPlan]:
 
 def _encode_jpeg(image: np.ndarray) -> bytes:
     buffer = BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(
-        buffer, format="JPEG", quality=JPEG_QUALITY
-    )
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
 
 
@@ -795,16 +823,11 @@ def _demographics_row(plan: _PatientPlan, kinds: set[str], fracture: bool) -> st
     if kinds:
         condition = "+ ".join(_CONDITION_NAMES[k] for k in SUBTYPES if k in kinds) + " "
     else:
-        condition = "No Hemorrhage "
-    return ",".join(
-        [str(plan.number), str(plan.age), f'"{plan.gender}"', *flags,
-         "1" if fracture else "", f'"{condition}"', ""]
-    )
+        condition = "Normal CT"
+    return ",".join([str(plan.number), str(plan.age), f'"{plan.gender}"', *flags, "1" if fracture else "", f'"{condition}"', ""])
 
 
-def generate_dataset(
-    root: Path, config: SyntheticConfig = SyntheticConfig(), *, overwrite: bool = False
-) -> Path:
+def generate_dataset(root: Path, config: SyntheticConfig = SyntheticConfig(), *, overwrite: bool = False) -> Path:
     """Writes the dataset under root (created if missing) and returns root.
 
     Deterministic for a given config (same bytes for the same seed), so tests can
@@ -817,14 +840,13 @@ def generate_dataset(
     patients_dir = root / "Patients_CT"
     if patients_dir.exists():
         if not overwrite:
-            raise FileExistsError(
-                f"{patients_dir} already exists; pass overwrite=True to replace it"
-            )
+            raise FileExistsError(f"{patients_dir} already exists; pass overwrite=True to replace it")
         logger.info("overwriting existing %s", patients_dir)
         shutil.rmtree(patients_dir)
     patients_dir.mkdir(parents=True)
 
     plans = _plan_dataset(config)
+    noise_bank = _noise_bank(np.random.default_rng(np.random.SeedSequence([config.seed, 3])), config.size_px)
     n = config.slices_per_patient
     diagnosis = [DIAGNOSIS_HEADER]
     demographics = [DEMOGRAPHICS_HEADER]
@@ -840,7 +862,13 @@ def generate_dataset(
         for k in range(n):
             rng = np.random.default_rng(np.random.SeedSequence([config.seed, 2, index, k]))
             result = _render(
-                rng, config.size_px, (k + 0.5) / n, plan.head, plan.bleeds[k], plan.fractures[k]
+                rng,
+                config.size_px,
+                (k + 0.5) / n,
+                plan.head,
+                plan.bleeds[k],
+                plan.fractures[k],
+                noise_bank,
             )
             number = k + 1
             (brain_dir / f"{number}.jpg").write_bytes(_encode_jpeg(result.brain))
@@ -854,8 +882,7 @@ def generate_dataset(
             patient_fracture |= result.fracture
             flags = ["1" if kind in result.kinds else "0" for kind in SUBTYPES]
             diagnosis.append(
-                ",".join([str(plan.number), str(number), *flags, "0" if positive else "1",
-                          "1" if result.fracture else "0"])
+                ",".join([str(plan.number), str(number), *flags, "0" if positive else "1", "1" if result.fracture else "0"])
             )
         demographics.append(_demographics_row(plan, patient_kinds, patient_fracture))
 
@@ -866,8 +893,11 @@ def generate_dataset(
 
     total = len(plans) * n
     logger.info(
-        "wrote synthetic CT-ICH data set to %s: %d patients, %d slices (%d with hemorrhage) "
-        "in %.2f s",
-        root, len(plans), total, n_positive, time.perf_counter() - started,
+        "wrote synthetic CT-ICH data set to %s: %d patients, %d slices (%d with hemorrhage) in %.2f s",
+        root,
+        len(plans),
+        total,
+        n_positive,
+        time.perf_counter() - started,
     )
     return root

@@ -69,7 +69,9 @@ def dice_from_sums(s: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, data: Arrays, segmenter: bool, loss_fn: nn.Module, channels_last: bool, batch: int = 16) -> tuple[float, float]:
+def validate(
+    model: nn.Module, data: Arrays, segmenter: bool, loss_fn: nn.Module, channels_last: bool, batch: int = 16
+) -> tuple[float, float]:
     """(mean loss, score): global Dice for the U-Net, ROC AUC for the classifier."""
     model.eval()
     losses, sums, scores = [], np.zeros(3), []
@@ -125,8 +127,17 @@ def train_model(
     steps_per_epoch = -(-n_samples // config.batch_size)
     meta = {**(meta or {}), "train_config": to_dict(config), "dataset_credit": DATASET_CREDIT}
 
-    state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "best_score": -1.0,
-                             "best_epoch": -1, "since_best": 0, "run_sums": [0.0, 0.0, 0.0, 0.0], "seconds": 0.0}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "global_step": 0,
+        "history": [],
+        "best_score": -1.0,
+        "best_epoch": -1,
+        "since_best": 0,
+        "run_sums": [0.0, 0.0, 0.0, 0.0],
+        "seconds": 0.0,
+    }
     if resume:
         state = load_resume(out_dir, model, optimizer) or state
     stopped_early = state.get("stopped_early", False)
@@ -140,7 +151,12 @@ def train_model(
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=steps_per_epoch, initial=state["step_in_epoch"], desc=f"{'unet' if segmenter else 'classifier'} epoch {epoch + 1}/{config.epochs}", leave=False)
+            bar = tqdm(
+                total=steps_per_epoch,
+                initial=state["step_in_epoch"],
+                desc=f"{'unet' if segmenter else 'classifier'} epoch {epoch + 1}/{config.epochs}",
+                leave=False,
+            )
         # run_sums = [loss·n, n, then Dice sums (I, P+T) or accuracy sums]
         for step in range(state["step_in_epoch"], steps_per_epoch):
             idx = np.sort(order[step * config.batch_size : (step + 1) * config.batch_size])
@@ -186,15 +202,31 @@ def train_model(
 
         rs = state["run_sums"]
         val_loss, val_score = validate(model, val, segmenter, loss_fn, config.channels_last)
-        row = {"epoch": epoch + 1, "train_loss": rs[0] / max(rs[1], 1),
-               "train_score": float(2 * rs[2] / rs[3] if segmenter else rs[2] / rs[3]) if rs[3] else 1.0,
-               "val_loss": val_loss, "val_score": val_score, "seconds": time.perf_counter() - t_epoch}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": rs[0] / max(rs[1], 1),
+            "train_score": float(2 * rs[2] / rs[3] if segmenter else rs[2] / rs[3]) if rs[3] else 1.0,
+            "val_loss": val_loss,
+            "val_score": val_score,
+            "seconds": time.perf_counter() - t_epoch,
+        }
         state["history"].append(row)
-        log.info("epoch %d: train loss %.4f score %.4f | val loss %.4f score %.4f | %.0fs", row["epoch"],
-                 row["train_loss"], row["train_score"], val_loss, val_score, row["seconds"])
+        log.info(
+            "epoch %d: train loss %.4f score %.4f | val loss %.4f score %.4f | %.0fs",
+            row["epoch"],
+            row["train_loss"],
+            row["train_score"],
+            val_loss,
+            val_score,
+            row["seconds"],
+        )
         epoch_meta = {**meta, "epoch": epoch + 1, "val_score": val_score}
         if np.isnan(val_score) or val_score > state["best_score"]:
-            state["best_score"], state["best_epoch"], state["since_best"] = (0.0 if np.isnan(val_score) else val_score), epoch + 1, 0
+            state["best_score"], state["best_epoch"], state["since_best"] = (
+                (0.0 if np.isnan(val_score) else val_score),
+                epoch + 1,
+                0,
+            )
             save_model(model, model_config, out_dir / "best", epoch_meta)
         else:
             state["since_best"] += 1
@@ -208,11 +240,14 @@ def train_model(
         state["seconds"] = time.perf_counter() - t_start
         save_resume(out_dir, model, optimizer, state)
 
-    return TrainResult(state["best_score"], state["best_epoch"], state["epoch"], state["seconds"], state["history"], stopped_early)
+    return TrainResult(
+        state["best_score"], state["best_epoch"], state["epoch"], state["seconds"], state["history"], stopped_early
+    )
 
 
 def write_history(history: list[dict[str, float]], path: Path) -> None:
     """Per-epoch history as CSV (rewritten whole each epoch, atomically)."""
+
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, lineterminator="\n")

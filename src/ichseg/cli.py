@@ -1,0 +1,270 @@
+"""Command line: ``ichseg index | train | evaluate | predict | run``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("ichseg")
+
+
+def _config(args: argparse.Namespace, default_preset: str):
+    from ichseg.config import RunConfig, from_dict, load_json, preset
+
+    if getattr(args, "config", None):
+        return from_dict(RunConfig, load_json(args.config))
+    cfg = preset(args.preset or default_preset)
+    if getattr(args, "epochs", None):
+        cfg = dataclasses.replace(
+            cfg,
+            train_unet=dataclasses.replace(cfg.train_unet, epochs=args.epochs),
+            train_classifier=dataclasses.replace(cfg.train_classifier, epochs=min(args.epochs, cfg.train_classifier.epochs)),
+        )
+    return cfg
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from ichseg.workflow import index_stage
+
+    res = index_stage(args.data, args.out, skip_bad=args.skip_bad, expected_size_px=args.image_size or None)
+    pos = sum(r.hemorrhage for r in res.records)
+    print(
+        f"{len(res.records)} slices, {len({r.patient_id for r in res.records})} patients, {pos} with hemorrhage "
+        f"-> {Path(args.out) / 'index.csv'}"
+    )
+    if res.disagreements:
+        print(f"{len(res.disagreements)} mask/No_Hemorrhage disagreement(s) -> {Path(args.out) / 'label_disagreements.csv'}:")
+        for d in res.disagreements:
+            print(f"  patient {d.patient_id} slice {d.slice}: {d.detail}")
+    else:
+        print("mask-derived labels agree with No_Hemorrhage on every slice")
+    if res.skipped:
+        print(f"{len(res.skipped)} slice(s) skipped (--skip-bad)")
+    return 0
+
+
+def _train(args: argparse.Namespace, cfg, data: Path, out: Path) -> None:
+    from ichseg.workflow import bundle_stage, prepare, train_stage
+
+    prep = prepare(
+        data, out, cfg, skip_bad=args.skip_bad, progress=not args.no_progress, expected_size_px=args.image_size or None
+    )
+    stages = ["classifier", "unet"] if args.stage == "both" else [args.stage]
+    timings = {}
+    for which in stages:
+        t0 = time.perf_counter()
+        res = train_stage(prep, which, resume=args.resume, progress=not args.no_progress)
+        timings[which] = round(res.seconds, 1)
+        print(
+            f"{which}: best validation {'Dice' if which == 'unet' else 'ROC AUC'} {res.best_score:.4f} at epoch "
+            f"{res.best_epoch}, {res.epochs_run} epochs, {res.seconds:.0f} s"
+            f"{' (early stop)' if res.stopped_early else ''} [{time.perf_counter() - t0:.0f} s this call]"
+        )
+    if args.stage == "both" or all((out / "train" / w / "best.json").exists() for w in ("classifier", "unet")):
+        print(f"model bundle -> {bundle_stage(out, cfg)}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _train(args, _config(args, "cpu"), Path(args.data), Path(args.out))
+    return 0
+
+
+def _evaluate(
+    model_dir: Path,
+    data: Path,
+    out: Path,
+    *,
+    split: Path | None,
+    part: str,
+    cache: Path | None,
+    skip_bad: bool,
+    progress: bool,
+    image_size: int | None,
+    train_examples: bool = False,
+) -> dict:
+    from ichseg.data.ctich import build_index
+    from ichseg.data.splits import load_split, select
+    from ichseg.evaluate.report import ensure_caches, evaluate_records, example_figure, write_report
+    from ichseg.infer.pipeline import load_bundle
+
+    bundle = load_bundle(model_dir)
+    records = build_index(data, skip_bad=skip_bad, expected_size_px=image_size).records
+    cache_root = cache or (out / "cache")
+    sp = load_split(split) if split else None
+    eval_records = select(records, sp[part]) if sp else records
+    if not eval_records:
+        raise SystemExit(f"no slices to evaluate (split {split}, part {part})")
+    eval_records = ensure_caches(bundle, eval_records, cache_root, skip_bad=skip_bad, progress=progress)
+    ev = evaluate_records(bundle, eval_records, cache_root, progress=progress)
+    ev.metrics["evaluated_part"] = part if sp else "all"
+    write_report(ev, out)
+    label = "unseen (validation) slices" if sp and part == "val" else "evaluated slices"
+    example_figure(bundle, eval_records, cache_root, out / "examples_unseen.png", f"U-Net on {label}")
+    if sp and train_examples:
+        tr = ensure_caches(bundle, select(records, sp["train"]), cache_root, skip_bad=skip_bad)
+        example_figure(bundle, tr, cache_root, out / "examples_training.png", "U-Net on training slices")
+    hist = model_dir.parent / "train" / "unet" / "history.csv"
+    if hist.exists():
+        from ichseg.evaluate.figures import plot_dice_history
+        from ichseg.train.loop import read_history
+
+        plot_dice_history(read_history(hist), out / "dice_per_epoch.png")
+    return ev.metrics
+
+
+def _print_metrics(m: dict, out: Path) -> None:
+    s, p = m["slice"], m["pixel"]
+    f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    print(
+        f"{m['slices']} slices: recall {f(s['recall'])}, precision {f(s['precision'])}, specificity {f(s['specificity'])} "
+        f"(TP {s['tp']} TN {s['tn']} FP {s['fp']} FN {s['fn']}); Dice {f(p['dice_global'])}, IoU {f(p['iou_global'])}, "
+        f"mean Dice on slices with blood {f(p['dice_mean_positive'])}"
+    )
+    print(f"report -> {out / 'metrics.json'}, {out / 'metrics.md'}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    m = _evaluate(
+        Path(args.model),
+        Path(args.data),
+        out,
+        split=args.split,
+        part=args.part,
+        cache=args.cache,
+        skip_bad=args.skip_bad,
+        progress=not args.no_progress,
+        image_size=args.image_size or None,
+        train_examples=True,
+    )
+    _print_metrics(m, out)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ichseg.infer.pipeline import load_bundle
+    from ichseg.infer.predict import predict_path
+
+    bundle = load_bundle(Path(args.model))
+    t0 = time.perf_counter()
+    rows = predict_path(bundle, Path(args.path), Path(args.out), write_overlays=not args.no_overlays)
+    pos = [r["slice"] for r in rows if r["hemorrhage"]]
+    print(f"{len(rows)} slice(s) in {time.perf_counter() - t0:.1f} s; hemorrhage on {len(pos)}: {', '.join(pos) or 'none'}")
+    print(f"masks, overlays, predictions.csv/json -> {args.out}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.data is None:
+        from ichseg.data.synthetic import SyntheticConfig, generate_dataset
+
+        data = out / "synthetic-data"
+        if not (data / "Patients_CT").exists():
+            generate_dataset(data, SyntheticConfig())
+            print(f"generated the embedded synthetic dataset -> {data}")
+        cfg = _config(args, "demo")
+    else:
+        data = Path(args.data)
+        cfg = _config(args, "cpu")
+    t0 = time.perf_counter()
+    args.stage = "both"
+    _train(args, cfg, data, out)
+    m = _evaluate(
+        out / "model",
+        data,
+        out / "evaluation",
+        split=out / "split.json",
+        part="val",
+        cache=out / "cache",
+        skip_bad=args.skip_bad,
+        progress=not args.no_progress,
+        image_size=args.image_size or None,
+        train_examples=True,
+    )
+    _print_metrics(m, out / "evaluation")
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ichseg import __version__
+    from ichseg.config import PRESETS
+
+    p = argparse.ArgumentParser(
+        prog="ichseg", description="Intracranial hemorrhage detection and segmentation on head CT.", allow_abbrev=False
+    )
+    p.add_argument("--version", action="version", version=f"ichseg {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, data_required: bool = True) -> None:
+        sp.add_argument(
+            "--data", type=Path, required=data_required, default=None, help="CT-ICH-layout folder (Patients_CT/, CSVs)"
+        )
+        sp.add_argument("--skip-bad", action="store_true", help="warn about and leave out bad slices instead of stopping")
+        sp.add_argument("--image-size", type=int, default=650, help="expected source image size in px (0: any size)")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("index", help="scan a CT-ICH folder into index.csv", allow_abbrev=False)
+    common(s)
+    s.add_argument("--out", type=Path, required=True, help="folder for index.csv and label_disagreements.csv")
+    s.set_defaults(func=cmd_index)
+
+    def train_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--preset", choices=PRESETS, default=None, help="named configuration (see README)")
+        sp.add_argument("--config", type=Path, default=None, help="RunConfig JSON (overrides --preset)")
+        sp.add_argument("--epochs", type=int, default=None, help="cap the number of epochs")
+        sp.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+
+    s = sub.add_parser("train", help="index, preprocess, split and train (classifier, U-Net or both)", allow_abbrev=False)
+    common(s)
+    train_opts(s)
+    s.add_argument("--out", type=Path, required=True, help="work folder (caches, split, checkpoints, model/)")
+    s.add_argument("--stage", choices=("classifier", "unet", "both"), default="both")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="metrics.json, tables and figures for a model on CT-ICH-layout data", allow_abbrev=False)
+    common(s)
+    s.add_argument("--model", type=Path, required=True, help="model bundle folder (e.g. WORK/model)")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--split", type=Path, default=None, help="split.json: evaluate only its --part patients")
+    s.add_argument("--part", choices=("train", "val"), default="val")
+    s.add_argument("--cache", type=Path, default=None, help="preprocessing cache folder to reuse (default OUT/cache)")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser(
+        "predict", help="masks, overlays and verdicts for a slice, a patient folder or a folder of slices", allow_abbrev=False
+    )
+    s.add_argument("path", type=Path, help="an image, Patients_CT/<ID>, its brain/ folder, or any folder of slices")
+    s.add_argument("--model", type=Path, required=True, help="model bundle folder")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--no-overlays", action="store_true", help="skip overlay PNGs")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("run", help="index → preprocess → train both stages → evaluate → figures", allow_abbrev=False)
+    common(s, data_required=False)
+    train_opts(s)
+    s.add_argument("--out", type=Path, default=Path("ichseg-run"), help="work folder (default ./ichseg-run)")
+    s.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ichseg.data.ctich import DatasetError
+
+    try:
+        return int(args.func(args) or 0)
+    except (DatasetError, FileNotFoundError, ValueError) as exc:
+        print(f"ichseg: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Evaluate a model bundle on indexed slices: metrics.json, a Markdown table beside the
+paper's numbers, per-slice CSV and figures. Pixel metrics are always at 512×512."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monai.metrics import compute_roc_auc
+
+from ichseg.data.cache import SliceCache
+from ichseg.data.ctich import SliceRecord
+from ichseg.evaluate import metrics as M
+from ichseg.evaluate.figures import plot_confusion, plot_examples
+from ichseg.infer.pipeline import Bundle, classify, masks_from_probs, pipeline_verdict, segment
+from ichseg.io import atomic_write, atomic_write_text
+from ichseg.train.checkpoint import DATASET_CREDIT
+
+log = logging.getLogger(__name__)
+
+DEFINITIONS = {
+    "slice_verdicts": {
+        "pipeline": "classifier probability >= classifier_threshold AND U-Net mask (512x512, prob >= mask_threshold) "
+        "has >= min_area_px pixels; the classifier gates the U-Net",
+        "unet_only": "U-Net mask on every slice has >= min_area_px pixels (no classifier)",
+        "classifier": "classifier probability >= classifier_threshold",
+    },
+    "slice_metrics": "recall = TP/(TP+FN), precision = TP/(TP+FP), specificity = TN/(TN+FP); null when the denominator is 0",
+    "pixel_metrics": "at 512x512; dice_global = 2*sum(I)/(sum(P)+sum(T)), iou_global = sum(I)/(sum(P)+sum(T)-sum(I)) over "
+    "all evaluated slices; dice_mean_positive = mean per-slice Dice over slices with blood in truth",
+    "empty_ground_truth_policy": "per-slice Dice is 1.0 when truth and prediction are both empty, 0.0 when only the "
+    "prediction has blood (MONAI ignore_empty=False); it matters only for dice_mean_all",
+    "pipeline_mask": "the U-Net mask on slices the pipeline calls positive, empty elsewhere",
+}
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    per_slice: list[dict[str, Any]]
+
+
+def ensure_caches(
+    bundle: Bundle, records: Sequence[SliceRecord], cache_root: Path, *, skip_bad: bool = False, progress: bool = False
+) -> list[SliceRecord]:
+    """Preprocess records at every size the bundle and the 512×512 evaluation need."""
+    sizes = sorted({bundle.classifier_config.input_size_px, bundle.unet_config.input_size_px, bundle.pipeline.eval_size_px})
+    recs = list(records)
+    for s in sizes:
+        recs = _cache(bundle, cache_root, s).build(recs, bundle.windows, skip_bad=skip_bad, progress=progress)
+    return recs
+
+
+def _cache(bundle: Bundle, root: Path, size: int) -> SliceCache:
+    return SliceCache(root, dataclasses.replace(bundle.preprocess, size_px=size))
+
+
+def evaluate_records(
+    bundle: Bundle, records: Sequence[SliceRecord], cache_root: Path, *, chunk: int = 64, progress: bool = False
+) -> Evaluation:
+    """Run both stages on every record and compute all variants' metrics."""
+    cfg = bundle.pipeline
+    ev = cfg.eval_size_px
+    cls_in, _ = _cache(bundle, cache_root, bundle.classifier_config.input_size_px).load(records, bundle.classifier_config.windows)
+    cls_prob = classify(bundle.classifier, cls_in)
+    del cls_in
+    truth_slice = np.array([bool(r.hemorrhage) for r in records])
+    acc_unet, acc_pipe = M.PixelAccumulator(), M.PixelAccumulator()
+    areas = np.zeros(len(records), int)
+    pmax = np.zeros(len(records), np.float32)
+    dice_pipe = np.zeros(len(records))
+    true_areas = np.zeros(len(records), int)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(records), desc="evaluate", unit="slice")
+    for i in range(0, len(records), chunk):
+        part = records[i : i + chunk]
+        x, _ = _cache(bundle, cache_root, bundle.unet_config.input_size_px).load(part, bundle.unet_config.windows)
+        _, truth = _cache(bundle, cache_root, ev).load(part, ())
+        probs = segment(bundle.unet, x, ev)
+        masks = masks_from_probs(probs, cfg)
+        sl = slice(i, i + len(part))
+        areas[sl] = masks.reshape(len(part), -1).sum(1)
+        pmax[sl] = probs.reshape(len(part), -1).max(1)
+        true_areas[sl] = truth.reshape(len(part), -1).sum(1)
+        gated = pipeline_verdict(cls_prob[sl], areas[sl] > 0, cfg)
+        pipe_masks = masks & gated[:, None, None]
+        acc_unet.add(masks, truth)
+        acc_pipe.add(pipe_masks, truth)
+        dice_pipe[sl] = M.dice_per_slice(pipe_masks, truth)
+        if bar is not None:
+            bar.update(len(part))
+    if bar is not None:
+        bar.close()
+    seg_pos = areas > 0
+    verdict = pipeline_verdict(cls_prob, seg_pos, cfg)
+    auc = None
+    if truth_slice.any() and not truth_slice.all():
+        import torch
+
+        auc = float(compute_roc_auc(torch.from_numpy(cls_prob), torch.from_numpy(truth_slice.astype(np.float32))))
+    metrics: dict[str, Any] = {
+        "slices": len(records),
+        "patients": len({r.patient_id for r in records}),
+        "slice": M.slice_metrics(verdict, truth_slice),
+        "pixel": acc_pipe.result(),
+        "variants": {
+            "unet_only": {"slice": M.slice_metrics(seg_pos, truth_slice), "pixel": acc_unet.result()},
+            "classifier": {"slice": M.slice_metrics(cls_prob >= cfg.classifier_threshold, truth_slice), "roc_auc": auc},
+        },
+        "operating_point": dataclasses.asdict(cfg),
+        "resolution": {
+            "classifier_input_px": bundle.classifier_config.input_size_px,
+            "unet_input_px": bundle.unet_config.input_size_px,
+            "unet_base_filters": bundle.unet_config.base_filters,
+            "metrics_px": ev,
+        },
+        "definitions": DEFINITIONS,
+        "paper": M.PAPER,
+        "model": str(bundle.path),
+        "dataset_credit": DATASET_CREDIT,
+    }
+    per_slice = [
+        {
+            "patient_id": r.patient_id,
+            "slice": r.slice,
+            "hemorrhage": int(truth_slice[k]),
+            "classifier_probability": round(float(cls_prob[k]), 5),
+            "unet_max_probability": round(float(pmax[k]), 5),
+            "predicted_area_px_512": int(areas[k]),
+            "true_area_px_512": int(true_areas[k]),
+            "verdict": int(verdict[k]),
+            "dice_512": round(float(dice_pipe[k]), 5),
+        }
+        for k, r in enumerate(records)
+    ]
+    return Evaluation(metrics, per_slice)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def markdown_table(metrics: dict[str, Any], title: str = "ichseg") -> str:
+    """The paper's table with our measured column(s) beside it."""
+    p = M.PAPER
+    cols = [
+        ("pipeline", metrics["slice"], metrics["pixel"]),
+        ("U-Net only", metrics["variants"]["unet_only"]["slice"], metrics["variants"]["unet_only"]["pixel"]),
+    ]
+    head = "| metric | paper | " + " | ".join(f"{title}: {c[0]}" for c in cols) + " |"
+    lines = [head, "|---|---|" + "---|" * len(cols)]
+    rows = [
+        ("slice recall", "recall", "slice"),
+        ("slice precision", "precision", "slice"),
+        ("slice specificity", "specificity", "slice"),
+        ("Dice (global, 512×512)", "dice_global", "pixel"),
+        ("IoU (global, 512×512)", "iou_global", "pixel"),
+        ("Dice (mean over slices with blood)", "dice_mean_positive", "pixel"),
+        ("TP", "tp", "slice"),
+        ("TN", "tn", "slice"),
+        ("FP", "fp", "slice"),
+        ("FN", "fn", "slice"),
+    ]
+    paper_key = {"dice_global": "dice", "iou_global": "iou"}
+    for label, key, level in rows:
+        pv = p.get(paper_key.get(key, key))
+        vals = [_fmt((c[1] if level == "slice" else c[2]).get(key)) for c in cols]
+        lines.append(f"| {label} | {_fmt(pv) if pv is not None else '—'} | " + " | ".join(vals) + " |")
+    lines.append(f"| slices evaluated | ~500 | {metrics['slices']} | {metrics['slices']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(ev: Evaluation, out_dir: Path, title: str = "ichseg") -> None:
+    """metrics.json, metrics.md, per_slice.csv and the confusion-matrix figure."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(ev.metrics, indent=2) + "\n")
+    md = (
+        f"# Evaluation\n\n{ev.metrics['slices']} slices from {ev.metrics['patients']} patients.\n\n"
+        + markdown_table(ev.metrics, title)
+        + "\n## Definitions\n\n"
+        + "".join(f"- **{k}**: {v if isinstance(v, str) else json.dumps(v)}\n" for k, v in DEFINITIONS.items())
+        + f"\n{DATASET_CREDIT}\n"
+    )
+    atomic_write_text(out_dir / "metrics.md", md)
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(ev.per_slice[0]) if ev.per_slice else ["patient_id"], lineterminator="\n")
+            w.writeheader()
+            w.writerows(ev.per_slice)
+
+    atomic_write(out_dir / "per_slice.csv", write_csv)
+    plot_confusion({k: ev.metrics["slice"][k] for k in ("tp", "tn", "fp", "fn")}, out_dir / "confusion_matrix.png")
+
+
+def example_figure(bundle: Bundle, records: Sequence[SliceRecord], cache_root: Path, path: Path, title: str, n: int = 4) -> None:
+    """(CT, truth, pipeline prediction) for ``n`` positive slices spread over the records."""
+    pos = [r for r in records if r.hemorrhage]
+    if not pos:
+        pos = list(records)
+    picks = [pos[int(k)] for k in np.linspace(0, len(pos) - 1, min(n, len(pos))).round()]
+    ev = bundle.pipeline.eval_size_px
+    ct, truth = _cache(bundle, cache_root, ev).load(picks, ("brain",))
+    x, _ = _cache(bundle, cache_root, bundle.unet_config.input_size_px).load(picks, bundle.unet_config.windows)
+    c_in, _ = _cache(bundle, cache_root, bundle.classifier_config.input_size_px).load(picks, bundle.classifier_config.windows)
+    masks = masks_from_probs(segment(bundle.unet, x, ev), bundle.pipeline)
+    gated = pipeline_verdict(classify(bundle.classifier, c_in), masks.reshape(len(picks), -1).any(1), bundle.pipeline)
+    masks &= gated[:, None, None]
+    dice = M.dice_per_slice(masks, truth)
+    rows = [
+        (ct[k, 0], truth[k], masks[k], f"patient {r.patient_id} slice {r.slice}\nDice {dice[k]:.2f}") for k, r in enumerate(picks)
+    ]
+    plot_examples(rows, path, title)

@@ -1,0 +1,1 @@
+"""Inference: load a model bundle, run the two stages, write masks, overlays and tables."""

@@ -1,0 +1,109 @@
+"""The two-stage pipeline at inference time, built only from files on disk (no training code).
+
+A model bundle is a folder with ``classifier.{safetensors,json}``, ``unet.{safetensors,json}``
+and ``pipeline.json`` (operating point and preprocessing).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ichseg.config import ClassifierConfig, PipelineConfig, PreprocessConfig, UNetConfig, from_dict, load_json
+from ichseg.train.checkpoint import load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Bundle:
+    """A loaded model bundle."""
+
+    classifier: nn.Module
+    classifier_config: ClassifierConfig
+    unet: nn.Module
+    unet_config: UNetConfig
+    pipeline: PipelineConfig
+    preprocess: PreprocessConfig
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def windows(self) -> tuple[str, ...]:
+        """Every input window either stage reads."""
+        return tuple(sorted(set(self.classifier_config.windows) | set(self.unet_config.windows)))
+
+
+def load_bundle(model_dir: Path) -> Bundle:
+    """Load a bundle folder; errors name the missing or bad file."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir}: model folder not found")
+    for name in ("classifier.json", "classifier.safetensors", "unet.json", "unet.safetensors", "pipeline.json"):
+        if not (model_dir / name).exists():
+            raise FileNotFoundError(f"{model_dir / name}: missing from the model bundle")
+    classifier, ccfg, cmeta = load_model(model_dir / "classifier")
+    unet, ucfg, umeta = load_model(model_dir / "unet")
+    body = load_json(model_dir / "pipeline.json")
+    assert isinstance(ccfg, ClassifierConfig) and isinstance(ucfg, UNetConfig)
+    return Bundle(
+        classifier,
+        ccfg,
+        unet,
+        ucfg,
+        from_dict(PipelineConfig, body["pipeline"]),
+        from_dict(PreprocessConfig, body["preprocess"]),
+        {"classifier": cmeta, "unet": umeta, **body},
+        model_dir,
+    )
+
+
+def _batches(n: int, size: int):
+    for i in range(0, n, size):
+        yield slice(i, min(i + size, n))
+
+
+@torch.inference_mode()
+def classify(model: nn.Module, images_u8: np.ndarray, batch: int = 16) -> np.ndarray:
+    """Hemorrhage probability per slice from uint8 (N, C, S, S) inputs."""
+    model.eval()
+    out = [torch.sigmoid(model(torch.from_numpy(images_u8[s]).float().div_(255))) for s in _batches(len(images_u8), batch)]
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+@torch.inference_mode()
+def segment(model: nn.Module, images_u8: np.ndarray, out_size_px: int | tuple[int, int], batch: int = 8) -> np.ndarray:
+    """Blood probability maps (N, H, W) float32 at ``out_size_px``, upsampled bilinearly from
+    the U-Net's resolution so that metrics and masks are always at full size."""
+    model.eval()
+    size = (out_size_px, out_size_px) if isinstance(out_size_px, int) else out_size_px
+    out = np.zeros((len(images_u8), *size), np.float32)
+    for s in _batches(len(images_u8), batch):
+        x = torch.from_numpy(images_u8[s]).float().div_(255).contiguous(memory_format=torch.channels_last)
+        prob = torch.sigmoid(model(x))
+        if prob.shape[-2:] != size:
+            prob = F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
+        out[s] = prob[:, 0].numpy()
+    return out
+
+
+def masks_from_probs(probs: np.ndarray, config: PipelineConfig, area_scale: float = 1.0) -> np.ndarray:
+    """Threshold probability maps; masks smaller than ``min_area_px`` (given at 512×512,
+    scaled by ``area_scale`` for other sizes) are emptied as specks."""
+    masks = probs >= config.mask_threshold
+    areas = masks.reshape(len(masks), -1).sum(1)
+    masks[areas < config.min_area_px * area_scale] = False
+    return masks
+
+
+def pipeline_verdict(cls_prob: np.ndarray, seg_positive: np.ndarray, config: PipelineConfig) -> np.ndarray:
+    """Two-stage verdict: the classifier gates the U-Net, and a gated slice is called
+    positive when the U-Net then outlines blood (non-empty mask after speck removal)."""
+    return (cls_prob >= config.classifier_threshold) & seg_positive

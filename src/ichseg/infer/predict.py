@@ -1,0 +1,181 @@
+"""``ichseg predict``: slice images in, masks, overlays and a per-slice table out."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ichseg.data.cache import read_grey_u8, resize_image_u8
+from ichseg.data.ctich import MASK_SUFFIX, DatasetError
+from ichseg.infer.pipeline import Bundle, classify, masks_from_probs, segment
+from ichseg.io import atomic_write, atomic_write_text
+
+log = logging.getLogger(__name__)
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class SliceInput:
+    """One slice to predict: its brain-window file and, if found, its bone-window twin."""
+
+    name: str
+    brain: Path
+    bone: Path | None
+
+
+def _natural_key(path: Path) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.stem))
+
+
+def _is_mask(path: Path) -> bool:
+    return MASK_SUFFIX.lower() in path.stem.lower()
+
+
+def find_inputs(path: Path) -> list[SliceInput]:
+    """Resolve PATH to slices: one image; a patient folder (``brain/`` and ``bone/``); a
+    ``brain/`` folder (its sibling ``bone/`` is used); or any folder of images.
+
+    ``*_HGE_Seg*`` files are ground truth and are never inputs.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.is_file():
+        if _is_mask(path):
+            raise DatasetError(f"{path}: this is a ground-truth mask ({MASK_SUFFIX}), not a CT slice")
+        return [SliceInput(path.stem, path, None)]
+    brain_dir, bone_dir = path, None
+    if (path / "brain").is_dir():
+        brain_dir, bone_dir = path / "brain", path / "bone"
+    elif path.name == "brain" and (path.parent / "bone").is_dir():
+        bone_dir = path.parent / "bone"
+    files = sorted((f for f in brain_dir.iterdir() if f.suffix.lower() in IMAGE_EXTS and not _is_mask(f)), key=_natural_key)
+    if not files:
+        raise DatasetError(f"{brain_dir}: no slice images ({', '.join(sorted(IMAGE_EXTS))})")
+    out = []
+    for f in files:
+        bone = bone_dir / f.name if bone_dir is not None and (bone_dir / f.name).exists() else None
+        out.append(SliceInput(f.stem, f, bone))
+    return out
+
+
+def _model_input(
+    slices: list[SliceInput], images: dict[Path, np.ndarray], windows: tuple[str, ...], size: int, interpolation: str
+) -> np.ndarray:
+    x = np.zeros((len(slices), len(windows), size, size), np.uint8)
+    for i, s in enumerate(slices):
+        for c, w in enumerate(windows):
+            src = s.brain if w == "brain" else s.bone
+            if src is None:
+                log.warning("%s: no %s-window twin, using zeros", s.brain, w)
+                continue
+            if src not in images:
+                images[src] = read_grey_u8(src)
+            x[i, c] = resize_image_u8(images[src], size, interpolation)
+    return x
+
+
+def overlay_rgb(image_u8: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The CT slice with blood tinted red and outlined in yellow, for a human reader."""
+    rgb = np.repeat(image_u8[..., None], 3, axis=2).astype(np.float32)
+    red = np.array([255, 0, 0], np.float32)
+    rgb[mask] = 0.55 * rgb[mask] + 0.45 * red
+    out = rgb.clip(0, 255).astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, (255, 255, 0), 1)
+    return out
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    bgr = array[..., ::-1] if array.ndim == 3 else array
+
+    def write(tmp: Path) -> None:
+        ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr))
+        if not ok:
+            raise OSError(f"cannot encode {path}")
+        tmp.write_bytes(buf.tobytes())
+
+    atomic_write(path, write)
+
+
+def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: bool = True) -> list[dict[str, Any]]:
+    """Predict every slice under ``path``; writes ``masks/``, ``overlays/``,
+    ``predictions.csv`` and ``predictions.json`` into ``out_dir``; returns the rows.
+
+    The U-Net runs only on slices the classifier flags (the point of the two stages); masks
+    are written at each source image's own size.
+    """
+    slices = find_inputs(path)
+    out_dir = Path(out_dir)
+    cfg = bundle.pipeline
+    images: dict[Path, np.ndarray] = {}
+    interp = bundle.preprocess.image_interpolation
+    c_in = _model_input(slices, images, bundle.classifier_config.windows, bundle.classifier_config.input_size_px, interp)
+    cls_prob = classify(bundle.classifier, c_in)
+    gated = np.flatnonzero(cls_prob >= cfg.classifier_threshold)
+    rows: list[dict[str, Any]] = []
+    masks: dict[int, np.ndarray] = {}
+    pmax = np.zeros(len(slices), np.float32)
+    if len(gated):
+        u_in = _model_input(
+            [slices[i] for i in gated], images, bundle.unet_config.windows, bundle.unet_config.input_size_px, interp
+        )
+        for k, i in enumerate(gated):
+            src = images[slices[i].brain]
+            prob = segment(bundle.unet, u_in[k : k + 1], src.shape[:2])
+            area_scale = src.shape[0] * src.shape[1] / cfg.eval_size_px**2
+            masks[int(i)] = masks_from_probs(prob, cfg, area_scale)[0]
+            pmax[i] = prob.max()
+    for i, s in enumerate(slices):
+        src = images.get(s.brain)
+        if src is None:
+            src = images[s.brain] = read_grey_u8(s.brain)
+        mask = masks.get(i, np.zeros(src.shape[:2], bool))
+        area = int(mask.sum())
+        verdict = int(area > 0)
+        _write_png(out_dir / "masks" / f"{s.name}_mask.png", mask.astype(np.uint8) * 255)
+        if write_overlays:
+            _write_png(out_dir / "overlays" / f"{s.name}_overlay.png", overlay_rgb(src, mask))
+        rows.append(
+            {
+                "slice": s.name,
+                "image_path": str(s.brain),
+                "classifier_probability": round(float(cls_prob[i]), 5),
+                "segmented": int(i in masks),
+                "unet_max_probability": round(float(pmax[i]), 5),
+                "area_px": area,
+                "image_size_px": f"{src.shape[1]}x{src.shape[0]}",
+                "hemorrhage": verdict,
+            }
+        )
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(out_dir / "predictions.csv", write_csv)
+    summary = {
+        "input": str(path),
+        "slices": len(rows),
+        "positive_slices": sum(r["hemorrhage"] for r in rows),
+        "study_hemorrhage": int(any(r["hemorrhage"] for r in rows)),
+        "model": str(bundle.path),
+        "operating_point": {
+            "classifier_threshold": cfg.classifier_threshold,
+            "mask_threshold": cfg.mask_threshold,
+            "min_area_px_at_512": cfg.min_area_px,
+        },
+        "slices_detail": rows,
+    }
+    atomic_write_text(out_dir / "predictions.json", json.dumps(summary, indent=2) + "\n")
+    return rows

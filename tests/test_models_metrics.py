@@ -1,0 +1,112 @@
+"""Model shapes and parameter counts; the loss and metrics on hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ichseg.config import ClassifierConfig, UNetConfig
+from ichseg.evaluate.metrics import PixelAccumulator, confusion, dice_per_slice, slice_metrics
+from ichseg.models import build_model, count_parameters
+from ichseg.train.losses import bce_dice_loss
+
+
+def _unet_params(c_in: int, f: int, depth: int) -> int:
+    """Parameter count worked out layer by layer (weights + biases)."""
+    conv = lambda i, o, k=3: i * o * k * k + o  # noqa: E731
+    widths = [f * 2**i for i in range(depth)]
+    n, ch = 0, c_in
+    for w in widths:
+        n += conv(ch, w) + conv(w, w)
+        ch = w
+    n += conv(ch, widths[-1]) + conv(widths[-1], widths[-1])  # bottleneck keeps the deepest width
+    ch = widths[-1]
+    for w in reversed(widths):
+        n += conv(ch, w, 2)  # 2×2 transposed conv
+        n += conv(2 * w, w) + conv(w, w)
+        ch = w
+    return n + conv(ch, 1, 1)
+
+
+def test_paper_unet_parameter_count_and_shape() -> None:
+    model = build_model(UNetConfig())
+    assert count_parameters(model) == _unet_params(1, 32, 4) == 5_137_569
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.Dropout)) for m in model.modules())
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 512, 512)).shape == (1, 1, 512, 512)
+
+
+@pytest.mark.parametrize(("size", "f", "depth", "c"), [(64, 8, 3, 1), (96, 16, 4, 2)])
+def test_unet_configurable(size: int, f: int, depth: int, c: int) -> None:
+    cfg = UNetConfig(input_size_px=size, base_filters=f, depth=depth, windows=("brain", "bone")[:c])
+    model = build_model(cfg)
+    assert count_parameters(model) == _unet_params(c, f, depth)
+    assert model(torch.zeros(2, c, size, size)).shape == (2, 1, size, size)
+
+
+def test_unet_rejects_indivisible_size() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        build_model(UNetConfig(input_size_px=100, depth=4))
+
+
+def test_classifier_shape() -> None:
+    model = build_model(ClassifierConfig(input_size_px=64, base_filters=8, blocks=3))
+    assert model(torch.zeros(3, 1, 64, 64)).shape == (3,)
+    assert count_parameters(model) < 300_000
+
+
+def test_bce_dice_loss_hand_computed() -> None:
+    # logits 0 → p = 0.5 everywhere; 4 pixels, 2 of them blood.
+    logits = torch.zeros(1, 1, 2, 2)
+    target = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    bce = math.log(2)
+    dice = 1 - (2 * 1.0) / (2.0 + 2.0)  # intersection 0.5+0.5, sum p = 2, sum t = 2
+    assert bce_dice_loss()(logits, target).item() == pytest.approx(bce + dice, abs=1e-5)
+    # a confident perfect prediction has a loss near 0
+    good = torch.where(target > 0, 20.0, -20.0)
+    assert bce_dice_loss()(good, target).item() < 1e-4
+
+
+def test_slice_metrics_hand_table() -> None:
+    pred = np.array([1, 1, 0, 0, 1, 0], bool)
+    truth = np.array([1, 0, 1, 0, 1, 0], bool)
+    m = slice_metrics(pred, truth)
+    assert (m["tp"], m["tn"], m["fp"], m["fn"]) == (2, 2, 1, 1)
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["specificity"] == pytest.approx(2 / 3)
+    # undefined ratios are None, not 0 or 1
+    m = slice_metrics(np.zeros(3, bool), np.zeros(3, bool))
+    assert m["recall"] is None and m["precision"] is None and m["specificity"] == 1.0
+    assert confusion(np.array([True]), np.array([True])) == {"tp": 1, "tn": 0, "fp": 0, "fn": 0}
+
+
+def test_pixel_metrics_hand_table() -> None:
+    # slice 0: truth 4 px, prediction 2 of them + 2 extra → I=2, P=4, T=4
+    # slice 1: both empty (counts as Dice 1 per slice, nothing globally)
+    # slice 2: truth empty, 1 px predicted → Dice 0 per slice
+    # slice 3: truth 2 px, nothing predicted → I=0, P=0, T=2
+    t = np.zeros((4, 4, 4), bool)
+    p = np.zeros((4, 4, 4), bool)
+    t[0, 0, :4] = True
+    p[0, 0, :2] = True
+    p[0, 1, :2] = True
+    p[2, 3, 3] = True
+    t[3, 2, :2] = True
+    acc = PixelAccumulator()
+    acc.add(p[:2], t[:2])
+    acc.add(p[2:], t[2:])
+    r = acc.result()
+    # ΣI = 2, ΣP = 5, ΣT = 6
+    assert r["dice_global"] == pytest.approx(2 * 2 / (5 + 6))
+    assert r["iou_global"] == pytest.approx(2 / (5 + 6 - 2))
+    assert r["dice_mean_positive"] == pytest.approx((0.5 + 0.0) / 2)
+    assert r["dice_mean_all"] == pytest.approx((0.5 + 1.0 + 0.0 + 0.0) / 4)
+    assert r["slices_with_blood"] == 2
+    assert dice_per_slice(p, t).tolist() == [0.5, 1.0, 0.0, 0.0]
+    empty = PixelAccumulator()
+    empty.add(np.zeros((1, 2, 2), bool), np.zeros((1, 2, 2), bool))
+    assert empty.result()["dice_global"] is None and empty.result()["dice_mean_positive"] is None

@@ -1,0 +1,187 @@
+"""A one-epoch training run, resume after a kill, evaluation and predict outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import SMALL_PX
+from ichseg.cli import main
+from ichseg.config import ClassifierConfig, PipelineConfig, RunConfig, TrainConfig, UNetConfig, save_json, to_dict
+from ichseg.infer.pipeline import load_bundle
+from ichseg.infer.predict import find_inputs
+from ichseg.train.sampling import epoch_indices
+from ichseg.workflow import bundle_stage, prepare, train_stage
+
+TINY = RunConfig(
+    unet=UNetConfig(input_size_px=32, base_filters=4, depth=3),
+    classifier=ClassifierConfig(input_size_px=32, base_filters=4, blocks=3),
+    train_unet=TrainConfig(epochs=1, samples_per_epoch=24, resume_every_steps=1, channels_last=False),
+    train_classifier=TrainConfig(epochs=1, samples_per_epoch=24),
+    pipeline=PipelineConfig(min_area_px=0, eval_size_px=64),
+)
+
+
+def test_epoch_sampling_oversamples_positives_and_is_repeatable() -> None:
+    labels = np.array([1] * 5 + [0] * 95)
+    idx = epoch_indices(labels, 40, 0.5, seed=0, epoch=3)
+    assert len(idx) == 40 and labels[idx].sum() == 20
+    assert np.array_equal(idx, epoch_indices(labels, 40, 0.5, seed=0, epoch=3))
+    assert not np.array_equal(idx, epoch_indices(labels, 40, 0.5, seed=0, epoch=4))
+
+
+def test_one_epoch_training_writes_checkpoints(tiny_data: Path, tmp_path: Path) -> None:
+    prep = prepare(tiny_data, tmp_path / "w", TINY, progress=False, expected_size_px=SMALL_PX)
+    res = train_stage(prep, "unet", progress=False)
+    run = tmp_path / "w" / "train" / "unet"
+    assert res.epochs_run == 1 and len(res.history) == 1
+    for name in ("best.safetensors", "best.json", "last.safetensors", "last.json", "history.csv", "resume.json"):
+        assert (run / name).exists(), name
+    meta = json.loads((run / "best.json").read_text())
+    assert meta["kind"] == "unet" and meta["config"]["base_filters"] == 4
+    assert meta["seed"] == 0 and len(meta["data_checksum"]) == 64 and "git_commit" in meta
+    assert "CT-ICH" in meta["dataset_credit"]
+    assert set(meta["val_patients"]).isdisjoint(meta["train_patients"])
+    header = (run / "history.csv").read_text().splitlines()[0]
+    assert header == "epoch,train_loss,train_score,val_loss,val_score,seconds"
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> None:
+    prep_a = prepare(tiny_data, tmp_path / "a", TINY, progress=False, expected_size_px=SMALL_PX)
+    train_stage(prep_a, "unet", progress=False)
+    prep_b = prepare(tiny_data, tmp_path / "b", TINY, progress=False, expected_size_px=SMALL_PX)
+    partial = train_stage(prep_b, "unet", progress=False, max_steps=2)  # "killed" after 2 of 3 steps
+    assert partial.history == []
+    assert json.loads((tmp_path / "b/train/unet/resume.json").read_text())["step_in_epoch"] == 2
+    train_stage(prep_b, "unet", progress=False, resume=True)
+    a = load_file(str(tmp_path / "a/train/unet/last.safetensors"))
+    b = load_file(str(tmp_path / "b/train/unet/last.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def trained(tiny_data: Path, tmp_path: Path) -> Path:
+    prep = prepare(tiny_data, tmp_path / "w", TINY, progress=False, expected_size_px=SMALL_PX)
+    train_stage(prep, "classifier", progress=False)
+    train_stage(prep, "unet", progress=False)
+    return bundle_stage(tmp_path / "w", TINY)
+
+
+def test_predict_patient_folder_writes_outputs(trained: Path, tiny_data: Path, tmp_path: Path) -> None:
+    patient = sorted((tiny_data / "Patients_CT").iterdir())[0]
+    out = tmp_path / "pred"
+    assert main(["predict", str(patient), "--model", str(trained), "--out", str(out)]) == 0
+    n = len([f for f in (patient / "brain").iterdir() if "_HGE_Seg" not in f.name])
+    assert len(list((out / "masks").glob("*_mask.png"))) == n
+    assert len(list((out / "overlays").glob("*_overlay.png"))) == n
+    body = json.loads((out / "predictions.json").read_text())
+    assert body["slices"] == n and len(body["slices_detail"]) == n
+    row = body["slices_detail"][0]
+    assert set(row) >= {"slice", "classifier_probability", "hemorrhage", "area_px"}
+    assert 0.0 <= row["classifier_probability"] <= 1.0
+    assert (out / "predictions.csv").read_text().count("\n") == n + 1
+    from PIL import Image
+
+    assert Image.open(out / "masks" / "1_mask.png").size == (SMALL_PX, SMALL_PX)  # source size
+    assert not list(out.rglob("*.tmp*"))
+
+
+def test_predict_never_uses_ground_truth_as_input(tiny_data: Path) -> None:
+    patient = next(p for p in sorted((tiny_data / "Patients_CT").iterdir()) if list((p / "brain").glob("*_HGE_Seg.jpg")))
+    for target in (patient, patient / "brain"):
+        found = find_inputs(target)
+        assert found and all("_HGE_Seg" not in s.brain.name for s in found)
+        assert all(s.bone is not None for s in found)
+        assert [int(s.name) for s in found] == sorted(int(s.name) for s in found)  # natural order
+    one = find_inputs(patient / "brain" / "2.jpg")
+    assert len(one) == 1
+
+
+def test_evaluate_writes_metrics_that_add_up(trained: Path, tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ev"
+    code = main(
+        [
+            "evaluate",
+            "--data",
+            str(tiny_data),
+            "--model",
+            str(trained),
+            "--out",
+            str(out),
+            "--image-size",
+            str(SMALL_PX),
+            "--split",
+            str(tmp_path / "w" / "split.json"),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    s = m["slice"]
+    assert s["tp"] + s["tn"] + s["fp"] + s["fn"] == m["slices"]
+    assert {"recall", "precision", "specificity"} <= set(s)
+    assert {"dice_global", "iou_global", "dice_mean_positive"} <= set(m["pixel"])
+    assert set(m["variants"]) == {"unet_only", "classifier"}
+    for name in (
+        "metrics.md",
+        "per_slice.csv",
+        "confusion_matrix.png",
+        "examples_unseen.png",
+        "examples_training.png",
+        "dice_per_epoch.png",
+    ):
+        assert (out / name).exists(), name
+    assert "0.89" in (out / "metrics.md").read_text()  # paper column
+
+
+def test_bundle_rebuilds_from_json_alone(trained: Path) -> None:
+    b = load_bundle(trained)
+    assert b.unet_config.base_filters == 4 and b.pipeline.eval_size_px == 64
+    x = np.random.default_rng(0).integers(0, 255, (1, 1, 32, 32), dtype=np.uint8)
+    with torch.no_grad():
+        y1 = b.unet(torch.from_numpy(x).float() / 255)
+        y2 = load_bundle(trained).unet(torch.from_numpy(x).float() / 255)
+    assert torch.equal(y1, y2)
+
+
+def test_cli_run_on_tiny_data(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.json"
+    save_json(to_dict(TINY), cfg)
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "run",
+                "--data",
+                str(tiny_data),
+                "--out",
+                str(out),
+                "--config",
+                str(cfg),
+                "--image-size",
+                str(SMALL_PX),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (out / "evaluation" / "metrics.json").exists()
+    assert (out / "model" / "unet.safetensors").exists()
+    assert json.loads((out / "config.json").read_text())["unet"]["base_filters"] == 4
+
+
+def test_cli_help_for_every_command(capsys: pytest.CaptureFixture) -> None:
+    for cmd in ("index", "train", "evaluate", "predict", "run"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        assert "usage: ichseg" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "x", "--out", "y", "--no-such-flag"])
