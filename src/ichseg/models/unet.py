@@ -49,6 +49,19 @@ class UNet(nn.Module):
             self.dec.append(_double_conv(2 * w, w))
             ch = w
         self.head = nn.Conv2d(ch, 1, kernel_size=1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """He-normal initialisation, as in the original U-Net paper.
+
+        With no batch-norm, PyTorch's default (smaller-variance) init shrinks the signal
+        through the 18 conv layers and the network sits at "all background" for epochs at
+        lr 1e-4; He init keeps activations at unit scale so learning starts at once.
+        """
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Input (N, C, H, W) with H and W divisible by 2**depth; output logits (N, 1, H, W)."""
