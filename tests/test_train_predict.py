@@ -21,7 +21,7 @@ from ichseg.workflow import bundle_stage, prepare, train_stage
 TINY = RunConfig(
     unet=UNetConfig(input_size_px=32, base_filters=4, depth=3),
     classifier=ClassifierConfig(input_size_px=32, base_filters=4, blocks=3),
-    train_unet=TrainConfig(epochs=1, samples_per_epoch=24, resume_every_steps=1, channels_last=False),
+    train_unet=TrainConfig(epochs=1, samples_per_epoch=24, resume_every_steps=1, channels_last=False, hflip=True),
     train_classifier=TrainConfig(epochs=1, samples_per_epoch=24),
     pipeline=PipelineConfig(min_area_px=0, eval_size_px=64),
 )
@@ -185,3 +185,19 @@ def test_cli_help_for_every_command(capsys: pytest.CaptureFixture) -> None:
         assert "usage: ichseg" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["train", "--data", "x", "--out", "y", "--no-such-flag"])
+
+
+def test_hflip_flips_image_and_mask_together() -> None:
+    from ichseg.train.loop import hflip_batch
+
+    images = np.arange(20 * 1 * 2 * 3, dtype=np.uint8).reshape(20, 1, 2, 3)
+    masks = images[:, 0] % 2 == 0
+    before = images.copy()
+    out_i, out_m = hflip_batch(images, masks, np.random.default_rng(1))
+    flipped = [not np.array_equal(out_i[k], images[k]) for k in range(20)]
+    assert 0 < sum(flipped) < 20
+    for k in range(20):
+        expect = images[k][..., ::-1] if flipped[k] else images[k]
+        assert np.array_equal(out_i[k], expect)
+        assert np.array_equal(out_m[k], out_i[k][0] % 2 == 0)
+    assert np.array_equal(images, before)  # input untouched

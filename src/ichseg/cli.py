@@ -86,6 +86,10 @@ def _evaluate(
     image_size: int | None,
     train_examples: bool = False,
 ) -> dict:
+    """Evaluate a bundle (optionally on one part of a split) and write report and figures.
+
+    Training time and hardware are added to the report when the bundle sits in a work
+    folder made by ``train``/``run`` (``model_dir/../train``)."""
     from ichseg.data.ctich import build_index
     from ichseg.data.splits import load_split, select
     from ichseg.evaluate.report import ensure_caches, evaluate_records, example_figure, write_report
@@ -101,6 +105,11 @@ def _evaluate(
     eval_records = ensure_caches(bundle, eval_records, cache_root, skip_bad=skip_bad, progress=progress)
     ev = evaluate_records(bundle, eval_records, cache_root, progress=progress)
     ev.metrics["evaluated_part"] = part if sp else "all"
+    from ichseg.workflow import hardware, training_summary
+
+    if summary := training_summary(model_dir.parent):
+        ev.metrics["training"] = summary
+    ev.metrics["hardware"] = hardware()
     write_report(ev, out)
     label = "unseen (validation) slices" if sp and part == "val" else "evaluated slices"
     example_figure(bundle, eval_records, cache_root, out / "examples_unseen.png", f"U-Net on {label}")

@@ -59,6 +59,8 @@ class TrainConfig:
     seed: int = 0
     channels_last: bool = True  # faster convolutions on x86 CPUs
     resume_every_steps: int = 20  # how often a resumable state is written mid-epoch
+    hflip: bool = False  # random left-right flips (the paper used no augmentation)
+    min_epochs: int = 0  # early stopping cannot end a run before this many epochs
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ def preset(name: str) -> RunConfig:
             unet=UNetConfig(input_size_px=192, base_filters=16),
             classifier=ClassifierConfig(input_size_px=192, base_filters=16),
             train_unet=TrainConfig(epochs=40, patience=8, samples_per_epoch=800),
-            train_classifier=TrainConfig(epochs=20, patience=5, samples_per_epoch=800),
+            train_classifier=TrainConfig(epochs=20, patience=5, samples_per_epoch=800, hflip=True),
         )
     if name == "demo":
         return RunConfig(

@@ -152,3 +152,46 @@ def bundle_stage(work_dir: Path, config: RunConfig, checkpoint: str = "best") ->
             tmp.replace(out / f"{which}{ext}")
     save_json({"pipeline": to_dict(config.pipeline), "preprocess": to_dict(config.preprocess)}, out / "pipeline.json")
     return out
+
+
+def training_summary(work_dir: Path) -> dict[str, dict[str, object]]:
+    """Per stage: wall-clock training seconds (summed over resumed sessions), epochs, best epoch."""
+    out: dict[str, dict[str, object]] = {}
+    for which in ("classifier", "unet"):
+        path = Path(work_dir) / "train" / which / "resume.json"
+        if path.exists():
+            st = load_json(path)
+            out[which] = {
+                "seconds": round(float(st["seconds"]), 1),
+                "epochs_run": st["epoch"],
+                "best_epoch": st["best_epoch"],
+                "best_val_score": round(float(st["best_score"]), 4),
+                "val_score": "Dice" if which == "unet" else "ROC AUC",
+                "stopped_early": bool(st.get("stopped_early", False)),
+            }
+    return out
+
+
+def hardware() -> dict[str, object]:
+    """What the numbers were measured on."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.is_available(),
+    }

@@ -187,8 +187,29 @@ def write_report(ev: Evaluation, out_dir: Path, title: str = "ichseg") -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "metrics.json", json.dumps(ev.metrics, indent=2) + "\n")
+    m = ev.metrics
+    res = m["resolution"]
+    context = (
+        f"Classifier input {res['classifier_input_px']}×{res['classifier_input_px']}; U-Net input "
+        f"{res['unet_input_px']}×{res['unet_input_px']} with {res['unet_base_filters']} base filters; "
+        f"metrics at {res['metrics_px']}×{res['metrics_px']}.\n\n"
+    )
+    if "training" in m:
+        context += (
+            "Training: "
+            + "; ".join(
+                f"{k} {v['seconds'] / 60:.1f} min, {v['epochs_run']} epochs (best {v['best_epoch']}, validation "
+                f"{v['val_score']} {v['best_val_score']})"
+                for k, v in m["training"].items()
+            )
+            + ".\n\n"
+        )
+    if "hardware" in m:
+        hw = m["hardware"]
+        context += f"Hardware: {hw['cpu']}, {hw['logical_cores']} logical cores, torch {hw['torch']}, GPU: {hw['gpu']}.\n\n"
     md = (
-        f"# Evaluation\n\n{ev.metrics['slices']} slices from {ev.metrics['patients']} patients.\n\n"
+        f"# Evaluation\n\n{m['slices']} slices from {m['patients']} patients ({m.get('evaluated_part', 'all')}).\n\n"
+        + context
         + markdown_table(ev.metrics, title)
         + "\n## Definitions\n\n"
         + "".join(f"- **{k}**: {v if isinstance(v, str) else json.dumps(v)}\n" for k, v in DEFINITIONS.items())

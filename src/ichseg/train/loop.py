@@ -55,6 +55,18 @@ def to_tensor(images_u8: np.ndarray, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def hflip_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Flip a random half of the batch left-right (the head is roughly symmetric); the
+    generator is seeded by (seed, epoch, step) so a resumed run flips the same slices."""
+    flip = rng.random(len(images)) < 0.5
+    if not flip.any():
+        return images, masks
+    images, masks = images.copy(), masks.copy()
+    images[flip] = images[flip][..., ::-1]
+    masks[flip] = masks[flip][..., ::-1]
+    return images, masks
+
+
 def dice_sums(logits: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
     """(intersection, predicted, true) pixel counts at probability 0.5 (logit 0)."""
     pred = logits > 0
@@ -160,9 +172,12 @@ def train_model(
         # run_sums = [loss·n, n, then Dice sums (I, P+T) or accuracy sums]
         for step in range(state["step_in_epoch"], steps_per_epoch):
             idx = np.sort(order[step * config.batch_size : (step + 1) * config.batch_size])
-            x = to_tensor(train.images[idx], config.channels_last)
+            images, masks = train.images[idx], train.masks[idx]
+            if config.hflip:
+                images, masks = hflip_batch(images, masks, np.random.default_rng([config.seed, epoch, step]))
+            x = to_tensor(images, config.channels_last)
             if segmenter:
-                y = torch.from_numpy(train.masks[idx]).unsqueeze(1).float()
+                y = torch.from_numpy(masks).unsqueeze(1).float()
             else:
                 y = torch.from_numpy(train.labels[idx]).float()
             out = model(x)
@@ -233,7 +248,7 @@ def train_model(
         save_model(model, model_config, out_dir / "last", epoch_meta)
         write_history(state["history"], out_dir / "history.csv")
         state.update(epoch=epoch + 1, step_in_epoch=0, run_sums=[0.0, 0.0, 0.0, 0.0])
-        if state["since_best"] >= config.patience:
+        if state["since_best"] >= config.patience and state["epoch"] >= config.min_epochs:
             stopped_early = True
             log.info("early stop: no better validation score for %d epochs", config.patience)
         state["stopped_early"] = stopped_early
