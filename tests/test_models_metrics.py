@@ -110,3 +110,14 @@ def test_pixel_metrics_hand_table() -> None:
     empty = PixelAccumulator()
     empty.add(np.zeros((1, 2, 2), bool), np.zeros((1, 2, 2), bool))
     assert empty.result()["dice_global"] is None and empty.result()["dice_mean_positive"] is None
+
+
+def test_scan_metrics_any_slice_rule() -> None:
+    from ichseg.evaluate.metrics import scan_metrics
+
+    pids = ["a", "a", "b", "b", "c", "d"]
+    truth = np.array([0, 1, 0, 0, 0, 1], bool)  # a and d have blood
+    pred = np.array([1, 0, 0, 1, 0, 0], bool)  # a (wrong slice, still a scan TP), b false alarm, d missed
+    m = scan_metrics(pids, pred, truth)
+    assert (m["tp"], m["tn"], m["fp"], m["fn"]) == (1, 1, 1, 1)
+    assert m["sensitivity"] == 0.5 and m["specificity"] == 0.5

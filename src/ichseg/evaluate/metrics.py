@@ -16,6 +16,7 @@ Definitions (also written into every report):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +51,21 @@ def slice_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | int 
         "precision": _ratio(c["tp"], c["tp"] + c["fp"]),
         "specificity": _ratio(c["tn"], c["tn"] + c["fp"]),
     }
+
+
+def scan_metrics(patient_ids: Sequence[str], pred: np.ndarray, truth: np.ndarray) -> dict[str, float | int | None]:
+    """Scan (patient) level: a patient is positive if any of its slices is.
+
+    Returns TP, TN, FP, FN, sensitivity and specificity over patients (None where undefined).
+    """
+    pred_p: dict[str, bool] = {}
+    true_p: dict[str, bool] = {}
+    for pid, p, t in zip(patient_ids, np.asarray(pred, bool), np.asarray(truth, bool), strict=True):
+        pred_p[pid] = pred_p.get(pid, False) or bool(p)
+        true_p[pid] = true_p.get(pid, False) or bool(t)
+    ids = sorted(pred_p)
+    c = confusion(np.array([pred_p[i] for i in ids]), np.array([true_p[i] for i in ids]))
+    return {**c, "sensitivity": _ratio(c["tp"], c["tp"] + c["fn"]), "specificity": _ratio(c["tn"], c["tn"] + c["fp"])}
 
 
 def dice_per_slice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:

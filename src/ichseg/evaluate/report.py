@@ -112,6 +112,7 @@ def evaluate_records(
         "slices": len(records),
         "patients": len({r.patient_id for r in records}),
         "slice": M.slice_metrics(verdict, truth_slice),
+        "scan": M.scan_metrics([r.patient_id for r in records], verdict, truth_slice),
         "pixel": acc_pipe.result(),
         "variants": {
             "unet_only": {"slice": M.slice_metrics(seg_pos, truth_slice), "pixel": acc_unet.result()},
@@ -179,6 +180,13 @@ def markdown_table(metrics: dict[str, Any], title: str = "ichseg") -> str:
         vals = [_fmt((c[1] if level == "slice" else c[2]).get(key)) for c in cols]
         lines.append(f"| {label} | {_fmt(pv) if pv is not None else '—'} | " + " | ".join(vals) + " |")
     lines.append(f"| slices evaluated | ~500 | {metrics['slices']} | {metrics['slices']} |")
+    sc = metrics.get("scan")
+    if sc:
+        lines.append(
+            f"\nScan level (a patient is positive if any slice is), pipeline: sensitivity {_fmt(sc['sensitivity'])}, "
+            f"specificity {_fmt(sc['specificity'])} (TP {sc['tp']}, TN {sc['tn']}, FP {sc['fp']}, FN {sc['fn']} "
+            f"of {metrics['patients']} patients)."
+        )
     return "\n".join(lines) + "\n"
 
 
