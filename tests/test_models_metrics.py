@@ -121,3 +121,36 @@ def test_scan_metrics_any_slice_rule() -> None:
     m = scan_metrics(pids, pred, truth)
     assert (m["tp"], m["tn"], m["fp"], m["fn"]) == (1, 1, 1, 1)
     assert m["sensitivity"] == 0.5 and m["specificity"] == 0.5
+
+
+def test_bootstrap_resamples_patients() -> None:
+    from ichseg.evaluate.bootstrap import bootstrap_ci
+
+    def row(pid: str, t: int, v: int, i: int, p: int, a: int) -> dict:
+        return {
+            "patient_id": pid,
+            "hemorrhage": t,
+            "verdict": v,
+            "pipeline_intersection_px_512": i,
+            "pipeline_area_px_512": p,
+            "true_area_px_512": a,
+        }
+
+    rows = [
+        row("a", 1, 1, 30, 40, 50),
+        row("a", 0, 0, 0, 0, 0),
+        row("b", 1, 0, 0, 0, 20),
+        row("c", 0, 1, 0, 10, 0),
+        row("d", 0, 0, 0, 0, 0),
+    ]
+    ci = bootstrap_ci(rows, n_boot=500, seed=0)
+    assert ci["patients"] == 4
+    # point estimates from the hand table: TP 1, FN 1, FP 1, TN 2; ΣI 30, ΣP 50, ΣT 70
+    assert ci["recall"]["estimate"] == 0.5 and ci["precision"]["estimate"] == 0.5
+    assert ci["specificity"]["estimate"] == 2 / 3
+    assert ci["dice_global"]["estimate"] == 60 / 120
+    assert ci["iou_global"]["estimate"] == 30 / 90
+    assert ci["scan_sensitivity"]["estimate"] == 0.5 and ci["scan_specificity"]["estimate"] == 0.5
+    lo, hi = ci["recall"]["ci"]
+    assert lo == 0.0 and hi == 1.0  # with 2 positive patients, resampling spans all-missed to all-found
+    assert bootstrap_ci(rows, n_boot=500, seed=0) == ci  # seeded

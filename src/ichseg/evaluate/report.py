@@ -18,6 +18,7 @@ from monai.metrics import compute_roc_auc
 from ichseg.data.cache import SliceCache
 from ichseg.data.ctich import SliceRecord
 from ichseg.evaluate import metrics as M
+from ichseg.evaluate.bootstrap import bootstrap_ci
 from ichseg.evaluate.figures import plot_confusion, plot_examples
 from ichseg.infer.pipeline import Bundle, classify, masks_from_probs, pipeline_verdict, segment
 from ichseg.io import atomic_write, atomic_write_text
@@ -77,6 +78,7 @@ def evaluate_records(
     pmax = np.zeros(len(records), np.float32)
     dice_pipe = np.zeros(len(records))
     true_areas = np.zeros(len(records), int)
+    inter_pipe = np.zeros(len(records), int)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -97,6 +99,7 @@ def evaluate_records(
         acc_unet.add(masks, truth)
         acc_pipe.add(pipe_masks, truth)
         dice_pipe[sl] = M.dice_per_slice(pipe_masks, truth)
+        inter_pipe[sl] = (pipe_masks & truth).reshape(len(part), -1).sum(1)
         if bar is not None:
             bar.update(len(part))
     if bar is not None:
@@ -141,9 +144,12 @@ def evaluate_records(
             "true_area_px_512": int(true_areas[k]),
             "verdict": int(verdict[k]),
             "dice_512": round(float(dice_pipe[k]), 5),
+            "pipeline_area_px_512": int(areas[k]) if verdict[k] else 0,
+            "pipeline_intersection_px_512": int(inter_pipe[k]),
         }
         for k, r in enumerate(records)
     ]
+    metrics["bootstrap"] = bootstrap_ci(per_slice)
     return Evaluation(metrics, per_slice)
 
 
@@ -186,6 +192,18 @@ def markdown_table(metrics: dict[str, Any], title: str = "ichseg") -> str:
             f"\nScan level (a patient is positive if any slice is), pipeline: sensitivity {_fmt(sc['sensitivity'])}, "
             f"specificity {_fmt(sc['specificity'])} (TP {sc['tp']}, TN {sc['tn']}, FP {sc['fp']}, FN {sc['fn']} "
             f"of {metrics['patients']} patients)."
+        )
+    bs = metrics.get("bootstrap")
+    if bs:
+        parts = [
+            f"{k} {_fmt(v['estimate'])} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
+            for k, v in bs.items()
+            if isinstance(v, dict) and v.get("ci")
+        ]
+        lines.append(
+            f"\n95% bootstrap intervals (pipeline; {bs['replicates']} resamples of the {bs['patients']} patients): "
+            + "; ".join(parts)
+            + "."
         )
     return "\n".join(lines) + "\n"
 
