@@ -84,3 +84,18 @@ def test_split_by_patient_no_leak_and_stratified(tmp_path: Path) -> None:
     # slices of a patient never straddle the split
     val_slices = select(recs, split["val"])
     assert {r.patient_id for r in val_slices}.isdisjoint(split["train"])
+
+
+def test_kfold_covers_every_patient_once_without_leak() -> None:
+    from ichseg.data.splits import kfold_patients
+
+    recs = [_rec(f"{p:03d}", s, int(p % 3 == 0 and s == 2)) for p in range(49, 115) for s in range(1, 4)]
+    folds = kfold_patients(recs, 5, seed=0)
+    assert len(folds) == 5
+    vals = [v for f in folds for v in f["val"]]
+    assert sorted(vals) == sorted({r.patient_id for r in recs})  # each patient validated exactly once
+    for f in folds:
+        assert not set(f["train"]) & set(f["val"])
+        assert any(r.hemorrhage for r in select(recs, f["val"]))
+        assert 13 <= len(f["val"]) <= 14
+    assert kfold_patients(recs, 5, seed=0) == folds

@@ -201,3 +201,39 @@ def test_hflip_flips_image_and_mask_together() -> None:
         assert np.array_equal(out_i[k], expect)
         assert np.array_equal(out_m[k], out_i[k][0] % 2 == 0)
     assert np.array_equal(images, before)  # input untouched
+
+
+def test_cv_fold_json_and_table(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = tmp_path / "cfg.json"
+    save_json(to_dict(TINY), cfg)
+    results = tmp_path / "results"
+    args = [
+        "cv",
+        "--data",
+        str(tiny_data),
+        "--out",
+        str(tmp_path / "cvwork"),
+        "--name",
+        "tiny",
+        "--folds",
+        "2",
+        "--config",
+        str(cfg),
+        "--results",
+        str(results),
+        "--image-size",
+        str(SMALL_PX),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    folds = [json.loads((results / "tiny" / f"fold{k}.json").read_text()) for k in range(2)]
+    assert sorted(folds[0]["val_patients"] + folds[1]["val_patients"]) == sorted(
+        p.name for p in (tiny_data / "Patients_CT").iterdir()
+    )
+    for f in folds:
+        s = f["metrics"]["slice"]
+        assert s["tp"] + s["tn"] + s["fp"] + s["fn"] == len(f["per_slice"])
+    capsys.readouterr()
+    assert main(["cv-table", "--results", str(results)]) == 0
+    table = capsys.readouterr().out
+    assert "| tiny | 2/2 |" in table

@@ -200,6 +200,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    from ichseg.crossval import run_fold
+
+    cfg = _config(args, "cpu")
+    for fold in args.fold or range(args.folds):
+        if not 0 <= fold < args.folds:
+            raise ValueError(f"--fold {fold} is not in 0..{args.folds - 1}")
+        path = run_fold(
+            Path(args.data),
+            Path(args.out),
+            cfg,
+            args.name,
+            fold,
+            args.folds,
+            Path(args.results),
+            resume=args.resume,
+            progress=not args.no_progress,
+            skip_bad=args.skip_bad,
+            expected_size_px=args.image_size or None,
+        )
+        print(f"fold {fold} -> {path}")
+    return 0
+
+
+def cmd_cv_table(args: argparse.Namespace) -> int:
+    from ichseg.crossval import markdown, summarize
+
+    print(markdown(summarize(Path(args.results))), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ichseg import __version__
     from ichseg.config import PRESETS
@@ -254,6 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--no-overlays", action="store_true", help="skip overlay PNGs")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("cv", help="k-fold cross-validation by patient; one JSON per fold", allow_abbrev=False)
+    common(s)
+    train_opts(s)
+    s.add_argument("--out", type=Path, required=True, help="work folder (caches, per-fold runs)")
+    s.add_argument("--name", required=True, help="configuration name (results/cv/NAME/fold<k>.json)")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--fold", type=int, action="append", default=None, help="run only this fold (repeatable)")
+    s.add_argument("--results", type=Path, default=Path("results/cv"), help="where fold JSONs go")
+    s.set_defaults(func=cmd_cv)
+
+    s = sub.add_parser("cv-table", help="rebuild the CV table from fold JSONs (no training)", allow_abbrev=False)
+    s.add_argument("--results", type=Path, default=Path("results/cv"))
+    s.set_defaults(func=cmd_cv_table)
 
     s = sub.add_parser("run", help="index → preprocess → train both stages → evaluate → figures", allow_abbrev=False)
     common(s, data_required=False)

@@ -53,11 +53,12 @@ class Prepared:
     work_dir: Path
     config: RunConfig
     data_checksum: str
+    cache_root: Path
 
 
-def cache_for(work_dir: Path, config: RunConfig, size_px: int) -> SliceCache:
+def cache_for(cache_root: Path, config: RunConfig, size_px: int) -> SliceCache:
     """The cache at one resolution, with the run's interpolation and mask threshold."""
-    return SliceCache(Path(work_dir) / "cache", dataclasses.replace(config.preprocess, size_px=size_px))
+    return SliceCache(Path(cache_root), dataclasses.replace(config.preprocess, size_px=size_px))
 
 
 def prepare(
@@ -68,22 +69,32 @@ def prepare(
     skip_bad: bool = False,
     progress: bool = True,
     expected_size_px: int | None = 650,
+    split: dict[str, list[str]] | None = None,
+    cache_root: Path | None = None,
 ) -> Prepared:
-    """Index, preprocess at every resolution the run needs, and split by patient."""
+    """Index, preprocess at every resolution the run needs, and split by patient.
+
+    ``split`` overrides the config's 80/20 split (cross-validation folds pass theirs);
+    ``cache_root`` lets several work folders share one preprocessing cache.
+    """
     work_dir = Path(work_dir)
+    cache_root = Path(cache_root) if cache_root is not None else work_dir / "cache"
     work_dir.mkdir(parents=True, exist_ok=True)
     result = index_stage(data_dir, work_dir, skip_bad=skip_bad, expected_size_px=expected_size_px)
     records = result.records
     windows = tuple(sorted(set(config.unet.windows) | set(config.classifier.windows)))
     sizes = sorted({config.unet.input_size_px, config.classifier.input_size_px, config.pipeline.eval_size_px})
     for size in sizes:
-        records = cache_for(work_dir, config, size).build(records, windows, skip_bad=skip_bad, progress=progress)
-    manifest = load_json(cache_for(work_dir, config, sizes[0]).manifest_path)["files"]
+        records = cache_for(cache_root, config, size).build(records, windows, skip_bad=skip_bad, progress=progress)
+    manifest = load_json(cache_for(cache_root, config, sizes[0]).manifest_path)["files"]
     checksum = sha256_text(
         "".join(f"{k}={manifest[k]['sha256']};" for k in sorted(manifest) if k.split("/")[0] in {r.patient_id for r in records})
     )
     split_path = work_dir / "split.json"
-    split = split_patients(records, config.val_fraction, config.split_seed)
+    if split is None:
+        split = split_patients(records, config.val_fraction, config.split_seed)
+    elif set(split["train"]) & set(split["val"]):
+        raise ValueError("split has patients in both train and val")
     if split_path.exists() and load_split(split_path) != split:
         log.warning("%s differs from the split this config gives; rewriting it", split_path)
     save_split(split, split_path, seed=config.split_seed, val_fraction=config.val_fraction)
@@ -95,13 +106,13 @@ def prepare(
         len(split["train"]),
         len(split["val"]),
     )
-    return Prepared(records, split, work_dir, config, checksum)
+    return Prepared(records, split, work_dir, config, checksum, cache_root)
 
 
 def load_arrays(prep: Prepared, part: str, size_px: int, windows: tuple[str, ...]) -> Arrays:
     """One split part at one resolution, in memory."""
     recs = select(prep.records, prep.split[part])
-    images, masks = cache_for(prep.work_dir, prep.config, size_px).load(recs, windows)
+    images, masks = cache_for(prep.cache_root, prep.config, size_px).load(recs, windows)
     labels = np.array([r.hemorrhage for r in recs], np.int64)
     return Arrays(images, masks, labels)
 

@@ -38,6 +38,30 @@ def split_patients(records: Sequence[SliceRecord], val_fraction: float = 0.2, se
     return {"train": sorted(train), "val": sorted(val)}
 
 
+def kfold_patients(records: Sequence[SliceRecord], folds: int = 5, seed: int = 0) -> list[dict[str, list[str]]]:
+    """K folds by patient, stratified by "has any hemorrhage": each stratum is shuffled
+    with ``seed`` and dealt round-robin, so every fold's validation part holds positive
+    patients and every patient is validated exactly once."""
+    if folds < 2:
+        raise ValueError(f"need at least 2 folds, got {folds}")
+    positive: dict[str, bool] = {}
+    for r in records:
+        positive[r.patient_id] = positive.get(r.patient_id, False) or bool(r.hemorrhage)
+    if len(positive) < folds:
+        raise ValueError(f"{len(positive)} patients cannot fill {folds} folds")
+    rng = random.Random(seed)
+    parts: list[list[str]] = [[] for _ in range(folds)]
+    offset = 0
+    for flag in (True, False):
+        group = sorted(p for p, v in positive.items() if v == flag)
+        rng.shuffle(group)
+        for i, pid in enumerate(group):
+            parts[(i + offset) % folds].append(pid)
+        offset += len(group)
+    everyone = set(positive)
+    return [{"train": sorted(everyone - set(part)), "val": sorted(part)} for part in parts]
+
+
 def save_split(split: dict[str, list[str]], path: Path, *, seed: int, val_fraction: float) -> None:
     """Write the split as JSON so evaluation and later runs use exactly the same patients."""
     body = {"seed": seed, "val_fraction": val_fraction, **split}

@@ -1,0 +1,140 @@
+"""K-fold cross-validation by patient: one JSON per fold and configuration, kept in the
+repository, so the CV table can be rebuilt (and bootstrapped) without retraining."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ichseg.config import RunConfig, to_dict
+from ichseg.data.splits import kfold_patients, select
+from ichseg.evaluate.bootstrap import HEADLINE, bootstrap_ci
+from ichseg.io import atomic_write_text
+from ichseg.workflow import bundle_stage, hardware, index_stage, prepare, train_stage, training_summary
+
+log = logging.getLogger(__name__)
+
+
+def run_fold(
+    data_dir: Path,
+    work_root: Path,
+    config: RunConfig,
+    name: str,
+    fold: int,
+    folds: int,
+    results_dir: Path,
+    *,
+    seed: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+    skip_bad: bool = False,
+    expected_size_px: int | None = 650,
+) -> Path:
+    """Train both stages on the other folds, evaluate on this one, write ``results_dir/name/fold<k>.json``."""
+    from ichseg.evaluate.report import ensure_caches, evaluate_records
+    from ichseg.infer.pipeline import load_bundle
+
+    work_root = Path(work_root)
+    records = index_stage(data_dir, work_root, skip_bad=skip_bad, expected_size_px=expected_size_px).records
+    split = kfold_patients(records, folds, seed)[fold]
+    work = work_root / name / f"fold{fold}"
+    cache_root = work_root / "cache"
+    prep = prepare(
+        data_dir,
+        work,
+        config,
+        skip_bad=skip_bad,
+        progress=progress,
+        expected_size_px=expected_size_px,
+        split=split,
+        cache_root=cache_root,
+    )
+    for which in ("classifier", "unet"):
+        train_stage(prep, which, resume=resume, progress=progress)
+    bundle = load_bundle(bundle_stage(work, config))
+    val = ensure_caches(bundle, select(prep.records, split["val"]), cache_root, skip_bad=skip_bad)
+    ev = evaluate_records(bundle, val, cache_root, progress=progress)
+    body: dict[str, Any] = {
+        "name": name,
+        "fold": fold,
+        "folds": folds,
+        "fold_seed": seed,
+        "config": to_dict(config),
+        "train_patients": split["train"],
+        "val_patients": split["val"],
+        "data_checksum": prep.data_checksum,
+        "training": training_summary(work),
+        "hardware": hardware(),
+        "metrics": {k: v for k, v in ev.metrics.items() if k not in ("definitions", "paper")},
+        "per_slice": ev.per_slice,
+    }
+    out = Path(results_dir) / name / f"fold{fold}.json"
+    atomic_write_text(out, json.dumps(body, indent=1) + "\n")
+    log.info("fold %d of %s -> %s", fold, name, out)
+    return out
+
+
+def _fold_values(m: dict[str, Any]) -> dict[str, float | None]:
+    return {
+        "recall": m["slice"]["recall"],
+        "precision": m["slice"]["precision"],
+        "specificity": m["slice"]["specificity"],
+        "dice_global": m["pixel"]["dice_global"],
+        "iou_global": m["pixel"]["iou_global"],
+        "scan_sensitivity": m["scan"]["sensitivity"],
+        "scan_specificity": m["scan"]["specificity"],
+    }
+
+
+def summarize(results_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per configuration: mean and sd over folds, pooled bootstrap intervals, training time."""
+    out: dict[str, dict[str, Any]] = {}
+    for cfg_dir in sorted(p for p in Path(results_dir).iterdir() if p.is_dir()):
+        folds = [json.loads(f.read_text()) for f in sorted(cfg_dir.glob("fold*.json"))]
+        if not folds:
+            continue
+        vals = [_fold_values(f["metrics"]) for f in folds]
+        stats = {}
+        for k in HEADLINE:
+            xs = np.array([v[k] for v in vals if v[k] is not None], float)
+            stats[k] = {"mean": float(xs.mean()) if len(xs) else None, "sd": float(xs.std(ddof=1)) if len(xs) > 1 else None}
+        minutes = [sum(t["seconds"] for t in f["training"].values()) / 60 for f in folds]
+        rows = [r for f in folds for r in f["per_slice"]]
+        out[cfg_dir.name] = {
+            "folds": len(folds),
+            "of": folds[0]["folds"],
+            "stats": stats,
+            "bootstrap": bootstrap_ci(rows),
+            "train_minutes_mean": float(np.mean(minutes)),
+            "slices": len(rows),
+        }
+    return out
+
+
+def markdown(summary: dict[str, dict[str, Any]]) -> str:
+    """The CV table: mean ± sd over folds per configuration."""
+
+    def ms(s: dict[str, float | None]) -> str:
+        if s["mean"] is None:
+            return "n/a"
+        return f"{s['mean']:.3f}" + (f" ± {s['sd']:.3f}" if s["sd"] is not None else "")
+
+    head = (
+        "| configuration | folds | slice recall | slice precision | Dice (global) | IoU (global) | scan sensitivity | "
+        "scan specificity | training min/fold |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for name, s in summary.items():
+        st = s["stats"]
+        lines.append(
+            f"| {name} | {s['folds']}/{s['of']} | "
+            + " | ".join(
+                ms(st[k]) for k in ("recall", "precision", "dice_global", "iou_global", "scan_sensitivity", "scan_specificity")
+            )
+            + f" | {s['train_minutes_mean']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
