@@ -237,3 +237,38 @@ def test_cv_fold_json_and_table(tiny_data: Path, tmp_path: Path, capsys: pytest.
     assert main(["cv-table", "--results", str(results)]) == 0
     table = capsys.readouterr().out
     assert "| tiny | 2/2 |" in table
+
+
+def test_two_windows_and_neighbour_context_end_to_end(tiny_data: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    cfg = dataclasses.replace(
+        TINY,
+        unet=dataclasses.replace(TINY.unet, windows=("brain", "bone"), context_slices=1),
+        classifier=dataclasses.replace(TINY.classifier, windows=("brain", "bone"), context_slices=1),
+    )
+    path = tmp_path / "cfg.json"
+    save_json(to_dict(cfg), path)
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "run",
+                "--data",
+                str(tiny_data),
+                "--out",
+                str(out),
+                "--config",
+                str(path),
+                "--image-size",
+                str(SMALL_PX),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    b = load_bundle(out / "model")
+    assert b.unet_config.in_channels == 6 and b.classifier_config.in_channels == 6
+    patient = sorted((tiny_data / "Patients_CT").iterdir())[0]
+    assert main(["predict", str(patient), "--model", str(out / "model"), "--out", str(tmp_path / "p")]) == 0
+    assert json.loads((tmp_path / "p" / "predictions.json").read_text())["slices"] == 8

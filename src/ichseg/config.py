@@ -34,6 +34,11 @@ class UNetConfig:
     base_filters: int = 32
     depth: int = 4
     windows: tuple[str, ...] = ("brain",)
+    context_slices: int = 0  # neighbours on each side stacked as channels (2.5D)
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.windows) * (2 * self.context_slices + 1)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,11 @@ class ClassifierConfig:
     base_filters: int = 16
     blocks: int = 5
     windows: tuple[str, ...] = ("brain",)
+    context_slices: int = 0
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.windows) * (2 * self.context_slices + 1)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ichseg.config import RunConfig, load_json, save_json, to_dict
 from ichseg.data.cache import SliceCache
+from ichseg.data.context import with_context
 from ichseg.data.ctich import IndexResult, SliceRecord, build_index, write_disagreements, write_index
 from ichseg.data.splits import load_split, save_split, select, split_patients
 from ichseg.io import sha256_text
@@ -109,10 +110,11 @@ def prepare(
     return Prepared(records, split, work_dir, config, checksum, cache_root)
 
 
-def load_arrays(prep: Prepared, part: str, size_px: int, windows: tuple[str, ...]) -> Arrays:
-    """One split part at one resolution, in memory."""
+def load_arrays(prep: Prepared, part: str, size_px: int, windows: tuple[str, ...], context_slices: int = 0) -> Arrays:
+    """One split part at one resolution, in memory, with 2.5D neighbours if asked."""
     recs = select(prep.records, prep.split[part])
     images, masks = cache_for(prep.cache_root, prep.config, size_px).load(recs, windows)
+    images = with_context(images, [(r.patient_id, r.slice) for r in recs], context_slices)
     labels = np.array([r.hemorrhage for r in recs], np.int64)
     return Arrays(images, masks, labels)
 
@@ -124,8 +126,8 @@ def train_stage(
     cfg = prep.config
     model_cfg, train_cfg = (cfg.unet, cfg.train_unet) if which == "unet" else (cfg.classifier, cfg.train_classifier)
     size, windows = model_cfg.input_size_px, tuple(model_cfg.windows)
-    train = load_arrays(prep, "train", size, windows)
-    val = load_arrays(prep, "val", size, windows)
+    train = load_arrays(prep, "train", size, windows, model_cfg.context_slices)
+    val = load_arrays(prep, "val", size, windows, model_cfg.context_slices)
     meta = {
         "git_commit": git_commit(),
         "seed": train_cfg.seed,

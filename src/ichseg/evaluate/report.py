@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 from monai.metrics import compute_roc_auc
 
+from ichseg.config import ClassifierConfig, UNetConfig
 from ichseg.data.cache import SliceCache
+from ichseg.data.context import with_context
 from ichseg.data.ctich import SliceRecord
 from ichseg.evaluate import metrics as M
 from ichseg.evaluate.bootstrap import bootstrap_ci
@@ -63,15 +65,22 @@ def _cache(bundle: Bundle, root: Path, size: int) -> SliceCache:
     return SliceCache(root, dataclasses.replace(bundle.preprocess, size_px=size))
 
 
+def model_input(
+    bundle: Bundle, cache_root: Path, cfg: UNetConfig | ClassifierConfig, records: Sequence[SliceRecord]
+) -> np.ndarray:
+    """Cached uint8 inputs for one stage, with its 2.5D neighbours (from ``records``)."""
+    images, _ = _cache(bundle, cache_root, cfg.input_size_px).load(records, cfg.windows)
+    return with_context(images, [(r.patient_id, r.slice) for r in records], cfg.context_slices)
+
+
 def evaluate_records(
     bundle: Bundle, records: Sequence[SliceRecord], cache_root: Path, *, chunk: int = 64, progress: bool = False
 ) -> Evaluation:
     """Run both stages on every record and compute all variants' metrics."""
     cfg = bundle.pipeline
     ev = cfg.eval_size_px
-    cls_in, _ = _cache(bundle, cache_root, bundle.classifier_config.input_size_px).load(records, bundle.classifier_config.windows)
-    cls_prob = classify(bundle.classifier, cls_in)
-    del cls_in
+    cls_prob = classify(bundle.classifier, model_input(bundle, cache_root, bundle.classifier_config, records))
+    unet_in = model_input(bundle, cache_root, bundle.unet_config, records)
     truth_slice = np.array([bool(r.hemorrhage) for r in records])
     acc_unet, acc_pipe = M.PixelAccumulator(), M.PixelAccumulator()
     areas = np.zeros(len(records), int)
@@ -86,9 +95,8 @@ def evaluate_records(
         bar = tqdm(total=len(records), desc="evaluate", unit="slice")
     for i in range(0, len(records), chunk):
         part = records[i : i + chunk]
-        x, _ = _cache(bundle, cache_root, bundle.unet_config.input_size_px).load(part, bundle.unet_config.windows)
         _, truth = _cache(bundle, cache_root, ev).load(part, ())
-        probs = segment(bundle.unet, x, ev)
+        probs = segment(bundle.unet, unet_in[i : i + len(part)], ev)
         masks = masks_from_probs(probs, cfg)
         sl = slice(i, i + len(part))
         areas[sl] = masks.reshape(len(part), -1).sum(1)
@@ -261,8 +269,11 @@ def example_figure(bundle: Bundle, records: Sequence[SliceRecord], cache_root: P
     picks = [pos[int(k)] for k in np.linspace(0, len(pos) - 1, min(n, len(pos))).round()]
     ev = bundle.pipeline.eval_size_px
     ct, truth = _cache(bundle, cache_root, ev).load(picks, ("brain",))
-    x, _ = _cache(bundle, cache_root, bundle.unet_config.input_size_px).load(picks, bundle.unet_config.windows)
-    c_in, _ = _cache(bundle, cache_root, bundle.classifier_config.input_size_px).load(picks, bundle.classifier_config.windows)
+    # neighbours come from the picked slices' whole scans
+    scans = [r for r in records if r.patient_id in {p.patient_id for p in picks}]
+    rows = [scans.index(p) for p in picks]
+    x = model_input(bundle, cache_root, bundle.unet_config, scans)[rows]
+    c_in = model_input(bundle, cache_root, bundle.classifier_config, scans)[rows]
     masks = masks_from_probs(segment(bundle.unet, x, ev), bundle.pipeline)
     gated = pipeline_verdict(classify(bundle.classifier, c_in), masks.reshape(len(picks), -1).any(1), bundle.pipeline)
     masks &= gated[:, None, None]

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from ichseg.data.cache import read_grey_u8, resize_image_u8
+from ichseg.data.context import with_context
 from ichseg.data.ctich import MASK_SUFFIX, DatasetError
 from ichseg.infer.pipeline import Bundle, classify, masks_from_probs, segment
 from ichseg.io import atomic_write, atomic_write_text
@@ -118,16 +119,20 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
     cfg = bundle.pipeline
     images: dict[Path, np.ndarray] = {}
     interp = bundle.preprocess.image_interpolation
-    c_in = _model_input(slices, images, bundle.classifier_config.windows, bundle.classifier_config.input_size_px, interp)
+    keys = [("scan", i) for i in range(len(slices))]  # neighbours = adjacent files in natural order
+    ccfg, ucfg = bundle.classifier_config, bundle.unet_config
+    c_in = with_context(_model_input(slices, images, ccfg.windows, ccfg.input_size_px, interp), keys, ccfg.context_slices)
     cls_prob = classify(bundle.classifier, c_in)
     gated = np.flatnonzero(cls_prob >= cfg.classifier_threshold)
     rows: list[dict[str, Any]] = []
     masks: dict[int, np.ndarray] = {}
     pmax = np.zeros(len(slices), np.float32)
     if len(gated):
-        u_in = _model_input(
-            [slices[i] for i in gated], images, bundle.unet_config.windows, bundle.unet_config.input_size_px, interp
-        )
+        if ucfg.context_slices:  # the gated slices' neighbours are needed too
+            all_in = _model_input(slices, images, ucfg.windows, ucfg.input_size_px, interp)
+            u_in = with_context(all_in, keys, ucfg.context_slices)[gated]
+        else:
+            u_in = _model_input([slices[i] for i in gated], images, ucfg.windows, ucfg.input_size_px, interp)
         for k, i in enumerate(gated):
             src = images[slices[i].brain]
             prob = segment(bundle.unet, u_in[k : k + 1], src.shape[:2])

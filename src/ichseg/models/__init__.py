@@ -16,7 +16,7 @@ def build_model(config: UNetConfig | ClassifierConfig) -> nn.Module:
     if isinstance(config, UNetConfig):
         if config.input_size_px % 2**config.depth:
             raise ValueError(f"U-Net input {config.input_size_px}px is not divisible by 2**depth={2**config.depth}")
-        return UNet(len(config.windows), config.base_filters, config.depth)
+        return UNet(config.in_channels, config.base_filters, config.depth)
     if isinstance(config, ClassifierConfig):
-        return SliceClassifier(len(config.windows), config.base_filters, config.blocks)
+        return SliceClassifier(config.in_channels, config.base_filters, config.blocks)
     raise TypeError(f"no model for {type(config).__name__}")
