@@ -21,7 +21,7 @@ from ichseg.workflow import bundle_stage, prepare, train_stage
 TINY = RunConfig(
     unet=UNetConfig(input_size_px=32, base_filters=4, depth=3),
     classifier=ClassifierConfig(input_size_px=32, base_filters=4, blocks=3),
-    train_unet=TrainConfig(epochs=1, samples_per_epoch=24, resume_every_steps=1, channels_last=False, hflip=True),
+    train_unet=TrainConfig(epochs=1, samples_per_epoch=24, resume_every_steps=1, channels_last=False, hflip=True, affine=True, intensity=True),
     train_classifier=TrainConfig(epochs=1, samples_per_epoch=24),
     pipeline=PipelineConfig(min_area_px=0, eval_size_px=64),
 )

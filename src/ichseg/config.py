@@ -70,6 +70,8 @@ class TrainConfig:
     channels_last: bool = True  # faster convolutions on x86 CPUs
     resume_every_steps: int = 20  # how often a resumable state is written mid-epoch
     hflip: bool = False  # random left-right flips (the paper used no augmentation)
+    affine: bool = False  # random rotation, scaling and shift (MONAI RandAffine)
+    intensity: bool = False  # random contrast, brightness and noise
     min_epochs: int = 0  # early stopping cannot end a run before this many epochs
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from ichseg.config import ClassifierConfig, TrainConfig, UNetConfig, to_dict
 from ichseg.io import atomic_write
 from ichseg.models import build_model, count_parameters
+from ichseg.train.augment import augment_batch, build_augmenter
 from ichseg.train.checkpoint import DATASET_CREDIT, load_resume, save_model, save_resume
 from ichseg.train.losses import bce_dice_loss
 from ichseg.train.sampling import epoch_indices
@@ -138,6 +139,7 @@ def train_model(
     log.info("%s: %s parameters", type(model).__name__, f"{count_parameters(model):,}")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     loss_fn = bce_dice_loss() if segmenter else nn.BCEWithLogitsLoss()
+    aug = build_augmenter(config)
     n_samples = config.samples_per_epoch or len(train.images)
     steps_per_epoch = -(-n_samples // config.batch_size)
     meta = {**(meta or {}), "train_config": to_dict(config), "dataset_credit": DATASET_CREDIT}
@@ -178,7 +180,12 @@ def train_model(
             images, masks = train.images[idx], train.masks[idx]
             if config.hflip:
                 images, masks = hflip_batch(images, masks, np.random.default_rng([config.seed, epoch, step]))
-            x = to_tensor(images, config.channels_last)
+            if aug is not None:
+                floats, masks = augment_batch(aug, images.astype(np.float32) / 255, masks, [config.seed, epoch, step])
+                x = torch.from_numpy(floats)
+                x = x.contiguous(memory_format=torch.channels_last) if config.channels_last else x
+            else:
+                x = to_tensor(images, config.channels_last)
             if segmenter:
                 y = torch.from_numpy(masks).unsqueeze(1).float()
             else:
