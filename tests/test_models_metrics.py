@@ -54,7 +54,7 @@ def test_unet_rejects_indivisible_size() -> None:
 
 def test_classifier_shape() -> None:
     model = build_model(ClassifierConfig(input_size_px=64, base_filters=8, blocks=3))
-    assert model(torch.zeros(3, 1, 64, 64)).shape == (3,)
+    assert model(torch.zeros(3, 1, 64, 64)).shape == (3, 1)
     assert count_parameters(model) < 300_000
 
 

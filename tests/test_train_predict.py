@@ -21,7 +21,9 @@ from ichseg.workflow import bundle_stage, prepare, train_stage
 TINY = RunConfig(
     unet=UNetConfig(input_size_px=32, base_filters=4, depth=3),
     classifier=ClassifierConfig(input_size_px=32, base_filters=4, blocks=3),
-    train_unet=TrainConfig(epochs=1, samples_per_epoch=24, resume_every_steps=1, channels_last=False, hflip=True, affine=True, intensity=True),
+    train_unet=TrainConfig(
+        epochs=1, samples_per_epoch=24, resume_every_steps=1, channels_last=False, hflip=True, affine=True, intensity=True
+    ),
     train_classifier=TrainConfig(epochs=1, samples_per_epoch=24),
     pipeline=PipelineConfig(min_area_px=0, eval_size_px=64),
 )
@@ -245,7 +247,12 @@ def test_two_windows_and_neighbour_context_end_to_end(tiny_data: Path, tmp_path:
     cfg = dataclasses.replace(
         TINY,
         unet=dataclasses.replace(TINY.unet, windows=("brain", "bone"), context_slices=1),
-        classifier=dataclasses.replace(TINY.classifier, windows=("brain", "bone"), context_slices=1),
+        classifier=dataclasses.replace(
+            TINY.classifier,
+            windows=("brain", "bone"),
+            context_slices=1,
+            heads=("hemorrhage", "intraparenchymal", "epidural", "fracture"),
+        ),
     )
     path = tmp_path / "cfg.json"
     save_json(to_dict(cfg), path)
@@ -271,4 +278,8 @@ def test_two_windows_and_neighbour_context_end_to_end(tiny_data: Path, tmp_path:
     assert b.unet_config.in_channels == 6 and b.classifier_config.in_channels == 6
     patient = sorted((tiny_data / "Patients_CT").iterdir())[0]
     assert main(["predict", str(patient), "--model", str(out / "model"), "--out", str(tmp_path / "p")]) == 0
-    assert json.loads((tmp_path / "p" / "predictions.json").read_text())["slices"] == 8
+    body = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert body["slices"] == 8 and "epidural_probability" in body["slices_detail"][0]
+    m = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert set(m["subtype_auc"]) == {"intraventricular", "intraparenchymal", "subarachnoid", "epidural", "subdural", "fracture"}
+    assert m["subtype_auc"]["subdural"] is None  # no such head

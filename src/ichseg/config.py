@@ -50,6 +50,9 @@ class ClassifierConfig:
     blocks: int = 5
     windows: tuple[str, ...] = ("brain",)
     context_slices: int = 0
+    # Outputs, hemorrhage first; the others (subtypes, fracture) are extra heads whose
+    # probabilities are reported, e.g. ("hemorrhage", "subdural", ..., "fracture").
+    heads: tuple[str, ...] = ("hemorrhage",)
 
     @property
     def in_channels(self) -> int:

@@ -110,13 +110,22 @@ def prepare(
     return Prepared(records, split, work_dir, config, checksum, cache_root)
 
 
-def load_arrays(prep: Prepared, part: str, size_px: int, windows: tuple[str, ...], context_slices: int = 0) -> Arrays:
-    """One split part at one resolution, in memory, with 2.5D neighbours if asked."""
+def load_arrays(
+    prep: Prepared,
+    part: str,
+    size_px: int,
+    windows: tuple[str, ...],
+    context_slices: int = 0,
+    heads: tuple[str, ...] = ("hemorrhage",),
+) -> Arrays:
+    """One split part at one resolution, in memory, with 2.5D neighbours and the
+    classifier's targets (one column per head, read from the index)."""
     recs = select(prep.records, prep.split[part])
     images, masks = cache_for(prep.cache_root, prep.config, size_px).load(recs, windows)
     images = with_context(images, [(r.patient_id, r.slice) for r in recs], context_slices)
     labels = np.array([r.hemorrhage for r in recs], np.int64)
-    return Arrays(images, masks, labels)
+    targets = np.array([[getattr(r, h) for h in heads] for r in recs], np.float32).reshape(len(recs), len(heads))
+    return Arrays(images, masks, labels, targets)
 
 
 def train_stage(
@@ -126,8 +135,9 @@ def train_stage(
     cfg = prep.config
     model_cfg, train_cfg = (cfg.unet, cfg.train_unet) if which == "unet" else (cfg.classifier, cfg.train_classifier)
     size, windows = model_cfg.input_size_px, tuple(model_cfg.windows)
-    train = load_arrays(prep, "train", size, windows, model_cfg.context_slices)
-    val = load_arrays(prep, "val", size, windows, model_cfg.context_slices)
+    heads = tuple(getattr(model_cfg, "heads", ("hemorrhage",)))
+    train = load_arrays(prep, "train", size, windows, model_cfg.context_slices, heads)
+    val = load_arrays(prep, "val", size, windows, model_cfg.context_slices, heads)
     meta = {
         "git_commit": git_commit(),
         "seed": train_cfg.seed,

@@ -18,7 +18,7 @@ from monai.metrics import compute_roc_auc
 from ichseg.config import ClassifierConfig, UNetConfig
 from ichseg.data.cache import SliceCache
 from ichseg.data.context import with_context
-from ichseg.data.ctich import SliceRecord
+from ichseg.data.ctich import SUBTYPES, SliceRecord
 from ichseg.evaluate import metrics as M
 from ichseg.evaluate.bootstrap import bootstrap_ci
 from ichseg.evaluate.figures import plot_confusion, plot_examples
@@ -41,6 +41,8 @@ DEFINITIONS = {
     "empty_ground_truth_policy": "per-slice Dice is 1.0 when truth and prediction are both empty, 0.0 when only the "
     "prediction has blood (MONAI ignore_empty=False); it matters only for dice_mean_all",
     "pipeline_mask": "the U-Net mask on slices the pipeline calls positive, empty elsewhere",
+    "subtype_auc": "per-slice ROC AUC of each classifier head against that flag in hemorrhage_diagnosis.csv; null when "
+    "the model has no such head or the evaluated slices hold only one class",
 }
 
 
@@ -61,6 +63,16 @@ def ensure_caches(
     return recs
 
 
+def roc_auc(scores: np.ndarray, truth: np.ndarray) -> float | None:
+    """ROC AUC (MONAI); None when the truth has only one class, where AUC is undefined."""
+    truth = np.asarray(truth).astype(bool)
+    if truth.all() or not truth.any():
+        return None
+    import torch
+
+    return float(compute_roc_auc(torch.from_numpy(np.asarray(scores, np.float32)), torch.from_numpy(truth.astype(np.float32))))
+
+
 def _cache(bundle: Bundle, root: Path, size: int) -> SliceCache:
     return SliceCache(root, dataclasses.replace(bundle.preprocess, size_px=size))
 
@@ -79,7 +91,8 @@ def evaluate_records(
     """Run both stages on every record and compute all variants' metrics."""
     cfg = bundle.pipeline
     ev = cfg.eval_size_px
-    cls_prob = classify(bundle.classifier, model_input(bundle, cache_root, bundle.classifier_config, records))
+    heads_prob = classify(bundle.classifier, model_input(bundle, cache_root, bundle.classifier_config, records))
+    cls_prob = heads_prob[:, 0]
     unet_in = model_input(bundle, cache_root, bundle.unet_config, records)
     truth_slice = np.array([bool(r.hemorrhage) for r in records])
     acc_unet, acc_pipe = M.PixelAccumulator(), M.PixelAccumulator()
@@ -114,11 +127,12 @@ def evaluate_records(
         bar.close()
     seg_pos = areas > 0
     verdict = pipeline_verdict(cls_prob, seg_pos, cfg)
-    auc = None
-    if truth_slice.any() and not truth_slice.all():
-        import torch
-
-        auc = float(compute_roc_auc(torch.from_numpy(cls_prob), torch.from_numpy(truth_slice.astype(np.float32))))
+    auc = roc_auc(cls_prob, truth_slice)
+    heads = list(bundle.classifier_config.heads)
+    subtype_auc = {
+        name: roc_auc(heads_prob[:, heads.index(name)], np.array([getattr(r, name) for r in records])) if name in heads else None
+        for name in (*SUBTYPES, "fracture")
+    }
     metrics: dict[str, Any] = {
         "slices": len(records),
         "patients": len({r.patient_id for r in records}),
@@ -129,6 +143,7 @@ def evaluate_records(
             "unet_only": {"slice": M.slice_metrics(seg_pos, truth_slice), "pixel": acc_unet.result()},
             "classifier": {"slice": M.slice_metrics(cls_prob >= cfg.classifier_threshold, truth_slice), "roc_auc": auc},
         },
+        "subtype_auc": subtype_auc,
         "operating_point": dataclasses.asdict(cfg),
         "resolution": {
             "classifier_input_px": bundle.classifier_config.input_size_px,
@@ -275,7 +290,7 @@ def example_figure(bundle: Bundle, records: Sequence[SliceRecord], cache_root: P
     x = model_input(bundle, cache_root, bundle.unet_config, scans)[rows]
     c_in = model_input(bundle, cache_root, bundle.classifier_config, scans)[rows]
     masks = masks_from_probs(segment(bundle.unet, x, ev), bundle.pipeline)
-    gated = pipeline_verdict(classify(bundle.classifier, c_in), masks.reshape(len(picks), -1).any(1), bundle.pipeline)
+    gated = pipeline_verdict(classify(bundle.classifier, c_in)[:, 0], masks.reshape(len(picks), -1).any(1), bundle.pipeline)
     masks &= gated[:, None, None]
     dice = M.dice_per_slice(masks, truth)
     rows = [

@@ -72,10 +72,10 @@ def _batches(n: int, size: int):
 
 @torch.inference_mode()
 def classify(model: nn.Module, images_u8: np.ndarray, batch: int = 16) -> np.ndarray:
-    """Hemorrhage probability per slice from uint8 (N, C, S, S) inputs."""
+    """Probabilities (N, heads) from uint8 (N, C, S, S) inputs; column 0 is hemorrhage."""
     model.eval()
     out = [torch.sigmoid(model(torch.from_numpy(images_u8[s]).float().div_(255))) for s in _batches(len(images_u8), batch)]
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+    return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
 
 
 @torch.inference_mode()

@@ -122,7 +122,8 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
     keys = [("scan", i) for i in range(len(slices))]  # neighbours = adjacent files in natural order
     ccfg, ucfg = bundle.classifier_config, bundle.unet_config
     c_in = with_context(_model_input(slices, images, ccfg.windows, ccfg.input_size_px, interp), keys, ccfg.context_slices)
-    cls_prob = classify(bundle.classifier, c_in)
+    heads_prob = classify(bundle.classifier, c_in)
+    cls_prob = heads_prob[:, 0]
     gated = np.flatnonzero(cls_prob >= cfg.classifier_threshold)
     rows: list[dict[str, Any]] = []
     masks: dict[int, np.ndarray] = {}
@@ -156,6 +157,7 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
                 "classifier_probability": round(float(cls_prob[i]), 5),
                 "segmented": int(i in masks),
                 "unet_max_probability": round(float(pmax[i]), 5),
+                **{f"{h}_probability": round(float(heads_prob[i, j]), 5) for j, h in enumerate(ccfg.heads) if j},
                 "area_px": area,
                 "image_size_px": f"{src.shape[1]}x{src.shape[0]}",
                 "hemorrhage": verdict,

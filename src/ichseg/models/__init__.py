@@ -18,5 +18,7 @@ def build_model(config: UNetConfig | ClassifierConfig) -> nn.Module:
             raise ValueError(f"U-Net input {config.input_size_px}px is not divisible by 2**depth={2**config.depth}")
         return UNet(config.in_channels, config.base_filters, config.depth)
     if isinstance(config, ClassifierConfig):
-        return SliceClassifier(config.in_channels, config.base_filters, config.blocks)
+        if not config.heads or config.heads[0] != "hemorrhage":
+            raise ValueError(f"classifier heads must start with 'hemorrhage', got {config.heads}")
+        return SliceClassifier(config.in_channels, config.base_filters, config.blocks, len(config.heads))
     raise TypeError(f"no model for {type(config).__name__}")

@@ -10,9 +10,10 @@ from torch import nn
 class SliceClassifier(nn.Module):
     """``blocks`` × (3×3 conv, batch-norm, ReLU, 2×2 max-pool), global average and max
     pooling, one linear layer. Max pooling keeps a small bright bleed from being averaged
-    away over a mostly normal slice. Returns one logit per slice."""
+    away over a mostly normal slice. Returns ``outputs`` logits per slice (hemorrhage
+    first, then any subtype or fracture heads)."""
 
-    def __init__(self, in_channels: int = 1, base_filters: int = 16, blocks: int = 5) -> None:
+    def __init__(self, in_channels: int = 1, base_filters: int = 16, blocks: int = 5, outputs: int = 1) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         ch = in_channels
@@ -26,10 +27,10 @@ class SliceClassifier(nn.Module):
             ]
             ch = out
         self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(2 * ch, 1)
+        self.fc = nn.Linear(2 * ch, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) → logits (N,)."""
+        """(N, C, H, W) → logits (N, outputs)."""
         f = self.features(x)
         pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
-        return self.fc(pooled).squeeze(1)
+        return self.fc(pooled)

@@ -33,11 +33,16 @@ HISTORY_FIELDS = ("epoch", "train_loss", "train_score", "val_loss", "val_score",
 
 @dataclass
 class Arrays:
-    """A split held in memory: images uint8 (N, C, S, S), masks bool (N, S, S), labels (N,)."""
+    """A split held in memory: images uint8 (N, C, S, S), masks bool (N, S, S), labels (N,)
+    (hemorrhage, for sampling and monitoring) and classifier targets (N, heads)."""
 
     images: np.ndarray
     masks: np.ndarray
     labels: np.ndarray
+    targets: np.ndarray | None = None
+
+    def classifier_targets(self) -> np.ndarray:
+        return self.targets if self.targets is not None else self.labels[:, None]
 
 
 @dataclass
@@ -95,8 +100,8 @@ def validate(
             y = torch.from_numpy(data.masks[i : i + batch]).unsqueeze(1).float()
             sums += dice_sums(out, y)
         else:
-            y = torch.from_numpy(data.labels[i : i + batch]).float()
-            scores.append(torch.sigmoid(out))
+            y = torch.from_numpy(data.classifier_targets()[i : i + batch]).float()
+            scores.append(torch.sigmoid(out[:, 0]))
         losses.append(loss_fn(out, y).item() * len(x))
     model.train()
     loss = float(np.sum(losses) / max(len(data.images), 1))
@@ -189,7 +194,7 @@ def train_model(
             if segmenter:
                 y = torch.from_numpy(masks).unsqueeze(1).float()
             else:
-                y = torch.from_numpy(train.labels[idx]).float()
+                y = torch.from_numpy(train.classifier_targets()[idx]).float()
             out = model(x)
             loss = loss_fn(out, y)
             optimizer.zero_grad(set_to_none=True)
@@ -204,7 +209,7 @@ def train_model(
                 rs[3] += s[1] + s[2]
                 running = 2 * rs[2] / rs[3] if rs[3] else 1.0
             else:
-                rs[2] += float(((out.detach() > 0).float() == y).sum())
+                rs[2] += float(((out.detach()[:, 0] > 0).float() == y[:, 0]).sum())
                 rs[3] += len(idx)
                 running = rs[2] / rs[3]
             state["step_in_epoch"] = step + 1
