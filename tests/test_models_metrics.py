@@ -154,3 +154,9 @@ def test_bootstrap_resamples_patients() -> None:
     lo, hi = ci["recall"]["ci"]
     assert lo == 0.0 and hi == 1.0  # with 2 positive patients, resampling spans all-missed to all-found
     assert bootstrap_ci(rows, n_boot=500, seed=0) == ci  # seeded
+
+
+def test_unet_batch_norm_option() -> None:
+    model = build_model(UNetConfig(input_size_px=32, base_filters=4, depth=2, batch_norm=True))
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 2 * (2 + 1 + 2)
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 1, 32, 32)

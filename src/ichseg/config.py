@@ -35,6 +35,7 @@ class UNetConfig:
     depth: int = 4
     windows: tuple[str, ...] = ("brain",)
     context_slices: int = 0  # neighbours on each side stacked as channels (2.5D)
+    batch_norm: bool = False  # the paper has none
 
     @property
     def in_channels(self) -> int:
