@@ -12,6 +12,12 @@ from pathlib import Path
 log = logging.getLogger("ichseg")
 
 
+def _demo_data():
+    from ichseg.data.synthetic import SyntheticConfig
+
+    return SyntheticConfig(n_patients=24, slices_per_patient=16, seed=0)
+
+
 def _config(args: argparse.Namespace, default_preset: str):
     from ichseg.config import RunConfig, from_dict, load_json, preset
 
@@ -170,11 +176,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.data is None:
-        from ichseg.data.synthetic import SyntheticConfig, generate_dataset
+        from ichseg.data.synthetic import generate_dataset
 
         data = out / "synthetic-data"
         if not (data / "Patients_CT").exists():
-            generate_dataset(data, SyntheticConfig())
+            generate_dataset(data, _demo_data())
             print(f"generated the embedded synthetic dataset -> {data}")
         cfg = _config(args, "demo")
     else:
