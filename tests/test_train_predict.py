@@ -283,3 +283,28 @@ def test_two_windows_and_neighbour_context_end_to_end(tiny_data: Path, tmp_path:
     m = json.loads((out / "evaluation" / "metrics.json").read_text())
     assert set(m["subtype_auc"]) == {"intraventricular", "intraparenchymal", "subarachnoid", "epidural", "subdural", "fracture"}
     assert m["subtype_auc"]["subdural"] is None  # no such head
+
+
+def test_gate_threshold_keeps_requested_sensitivity() -> None:
+    from ichseg.workflow import gate_threshold
+
+    probs = np.array([0.9, 0.8, 0.3, 0.05, 0.6, 0.1, 0.7])
+    labels = np.array([1, 1, 1, 1, 0, 0, 0])
+    assert gate_threshold(probs, labels, 1.0) == 0.05  # every bleed passes
+    assert gate_threshold(probs, labels, 0.75) == 0.3  # one of four may be missed
+    t = gate_threshold(probs, labels, 0.75)
+    assert (probs[labels == 1] >= t).mean() >= 0.75
+
+
+def test_bundle_calibrates_gate_on_validation(tiny_data: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    cfg = dataclasses.replace(TINY, pipeline=dataclasses.replace(TINY.pipeline, gate_sensitivity=1.0))
+    prep = prepare(tiny_data, tmp_path / "w", cfg, progress=False, expected_size_px=SMALL_PX)
+    train_stage(prep, "classifier", progress=False)
+    train_stage(prep, "unet", progress=False)
+    body = json.loads((bundle_stage(tmp_path / "w", cfg, prep=prep) / "pipeline.json").read_text())
+    assert body["calibration"]["patients"] == prep.split["val"]
+    assert body["pipeline"]["classifier_threshold"] == body["calibration"]["classifier_threshold"]
+    b = load_bundle(tmp_path / "w" / "model")
+    assert b.pipeline.classifier_threshold == body["calibration"]["classifier_threshold"]

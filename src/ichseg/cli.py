@@ -71,7 +71,7 @@ def _train(args: argparse.Namespace, cfg, data: Path, out: Path) -> None:
             f"{' (early stop)' if res.stopped_early else ''} [{time.perf_counter() - t0:.0f} s this call]"
         )
     if args.stage == "both" or all((out / "train" / w / "best.json").exists() for w in ("classifier", "unet")):
-        print(f"model bundle -> {bundle_stage(out, cfg)}")
+        print(f"model bundle -> {bundle_stage(out, cfg, prep=prep)}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

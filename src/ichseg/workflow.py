@@ -159,9 +159,26 @@ def train_stage(
     )
 
 
-def bundle_stage(work_dir: Path, config: RunConfig, checkpoint: str = "best") -> Path:
+def gate_threshold(probs: np.ndarray, labels: np.ndarray, sensitivity: float) -> float:
+    """The highest classifier threshold whose recall on (probs, labels) is ≥ ``sensitivity``.
+
+    A gate exists to skip obviously normal slices, not to decide: it should let nearly
+    every bleed through to the U-Net, which makes the call.
+    """
+    pos = np.sort(np.asarray(probs)[np.asarray(labels).astype(bool)])
+    if not len(pos):
+        raise ValueError("no positive slices to calibrate the gate on")
+    allowed_misses = int(np.floor((1 - sensitivity) * len(pos) + 1e-9))
+    return float(pos[allowed_misses])
+
+
+def bundle_stage(work_dir: Path, config: RunConfig, checkpoint: str = "best", prep: Prepared | None = None) -> Path:
     """Gather the chosen checkpoints and the pipeline settings into ``work_dir/model/``,
-    the folder that ``ichseg predict`` and ``ichseg evaluate`` load."""
+    the folder that ``ichseg predict`` and ``ichseg evaluate`` load.
+
+    With ``config.pipeline.gate_sensitivity`` set, the classifier threshold is calibrated
+    on the validation part of ``prep`` and stored in ``pipeline.json``.
+    """
     work_dir = Path(work_dir)
     out = work_dir / "model"
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +190,33 @@ def bundle_stage(work_dir: Path, config: RunConfig, checkpoint: str = "best") ->
             tmp = out / f".{which}{ext}.tmp"
             shutil.copyfile(src, tmp)
             tmp.replace(out / f"{which}{ext}")
-    save_json({"pipeline": to_dict(config.pipeline), "preprocess": to_dict(config.preprocess)}, out / "pipeline.json")
+    pipeline = config.pipeline
+    extra: dict[str, object] = {}
+    if pipeline.gate_sensitivity is not None:
+        if prep is None:
+            raise ValueError("gate_sensitivity needs the validation data (pass prep)")
+        from ichseg.infer.pipeline import classify
+        from ichseg.train.checkpoint import load_model
+
+        model, ccfg, _ = load_model(out / "classifier")
+        val = load_arrays(prep, "val", ccfg.input_size_px, tuple(ccfg.windows), ccfg.context_slices)
+        probs = classify(model, val.images)[:, 0]
+        threshold = gate_threshold(probs, val.labels, pipeline.gate_sensitivity)
+        pipeline = dataclasses.replace(pipeline, classifier_threshold=threshold)
+        extra["calibration"] = {
+            "classifier_threshold": threshold,
+            "gate_sensitivity": config.pipeline.gate_sensitivity,
+            "on": "validation patients",
+            "patients": prep.split["val"],
+            "positive_slices": int(val.labels.sum()),
+        }
+        log.info(
+            "gate threshold %.4f keeps %.0f%% of %d validation bleeds",
+            threshold,
+            100 * pipeline.gate_sensitivity if pipeline.gate_sensitivity else 0,
+            int(val.labels.sum()),
+        )
+    save_json({"pipeline": to_dict(pipeline), "preprocess": to_dict(config.preprocess), **extra}, out / "pipeline.json")
     return out
 
 

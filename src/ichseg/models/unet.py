@@ -29,7 +29,14 @@ class UNet(nn.Module):
     (``BCEWithLogits``) and at inference, which is the same function but numerically safer.
     """
 
-    def __init__(self, in_channels: int = 1, base_filters: int = 32, depth: int = 4, batch_norm: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_filters: int = 32,
+        depth: int = 4,
+        batch_norm: bool = False,
+        output_prior: float | None = None,
+    ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
@@ -52,6 +59,10 @@ class UNet(nn.Module):
             ch = w
         self.head = nn.Conv2d(ch, 1, kernel_size=1)
         self._init_weights()
+        if output_prior is not None:
+            # Start predicting blood with probability ``output_prior`` everywhere (the
+            # focal-loss trick): the early BCE gradient then no longer drowns the Dice term.
+            nn.init.constant_(self.head.bias, float(torch.logit(torch.tensor(output_prior))))
 
     def _init_weights(self) -> None:
         """He-normal initialisation, as in the original U-Net paper.
