@@ -99,3 +99,9 @@ def test_kfold_covers_every_patient_once_without_leak() -> None:
         assert any(r.hemorrhage for r in select(recs, f["val"]))
         assert 13 <= len(f["val"]) <= 14
     assert kfold_patients(recs, 5, seed=0) == folds
+
+
+def test_split_of_tiny_cohort_still_has_validation() -> None:
+    recs = [_rec("001", 1, 1), _rec("002", 1, 0)]
+    split = split_patients(recs, 0.2, seed=0)
+    assert len(split["val"]) == 1 and len(split["train"]) == 1

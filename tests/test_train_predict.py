@@ -229,6 +229,8 @@ def test_cv_fold_json_and_table(tiny_data: Path, tmp_path: Path, capsys: pytest.
     ]
     assert main(args) == 0
     folds = [json.loads((results / "tiny" / f"fold{k}.json").read_text()) for k in range(2)]
+    for f in folds:
+        assert not set(f["val_patients"]) & (set(f["train_patients"]) | set(f["inner_val_patients"]))
     assert sorted(folds[0]["val_patients"] + folds[1]["val_patients"]) == sorted(
         p.name for p in (tiny_data / "Patients_CT").iterdir()
     )

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ichseg.config import RunConfig, to_dict
-from ichseg.data.splits import kfold_patients, select
+from ichseg.data.splits import kfold_patients, select, split_patients
 from ichseg.evaluate.bootstrap import HEADLINE, bootstrap_ci
 from ichseg.io import atomic_write_text
 from ichseg.workflow import bundle_stage, hardware, index_stage, prepare, train_stage, training_summary
@@ -40,7 +40,10 @@ def run_fold(
 
     work_root = Path(work_root)
     records = index_stage(data_dir, work_root, skip_bad=skip_bad, expected_size_px=expected_size_px).records
-    split = kfold_patients(records, folds, seed)[fold]
+    outer = kfold_patients(records, folds, seed)[fold]
+    # Early stopping and the gate threshold use an inner validation split of the training
+    # patients; the held-out fold is touched only by the final evaluation.
+    inner = split_patients(select(records, outer["train"]), config.val_fraction, config.split_seed)
     work = work_root / name / f"fold{fold}"
     cache_root = work_root / "cache"
     prep = prepare(
@@ -50,13 +53,13 @@ def run_fold(
         skip_bad=skip_bad,
         progress=progress,
         expected_size_px=expected_size_px,
-        split=split,
+        split=inner,
         cache_root=cache_root,
     )
     for which in ("classifier", "unet"):
         train_stage(prep, which, resume=resume, progress=progress)
-    bundle = load_bundle(bundle_stage(work, config))
-    val = ensure_caches(bundle, select(prep.records, split["val"]), cache_root, skip_bad=skip_bad)
+    bundle = load_bundle(bundle_stage(work, config, prep=prep))
+    val = ensure_caches(bundle, select(prep.records, outer["val"]), cache_root, skip_bad=skip_bad)
     ev = evaluate_records(bundle, val, cache_root, progress=progress)
     body: dict[str, Any] = {
         "name": name,
@@ -64,8 +67,9 @@ def run_fold(
         "folds": folds,
         "fold_seed": seed,
         "config": to_dict(config),
-        "train_patients": split["train"],
-        "val_patients": split["val"],
+        "train_patients": inner["train"],
+        "inner_val_patients": inner["val"],
+        "val_patients": outer["val"],
         "data_checksum": prep.data_checksum,
         "training": training_summary(work),
         "hardware": hardware(),

@@ -35,6 +35,10 @@ def split_patients(records: Sequence[SliceRecord], val_fraction: float = 0.2, se
             n_val = min(max(n_val, 1), len(group) - 1)
         val += group[:n_val]
         train += group[n_val:]
+    if not val and len(train) > 1:  # tiny cohorts: strata too small to give up a patient
+        val.append(train.pop())
+    if not val:
+        raise ValueError(f"cannot split {len(positive)} patient(s) into train and validation")
     return {"train": sorted(train), "val": sorted(val)}
 
 
