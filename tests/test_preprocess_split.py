@@ -105,3 +105,15 @@ def test_split_of_tiny_cohort_still_has_validation() -> None:
     recs = [_rec("001", 1, 1), _rec("002", 1, 0)]
     split = split_patients(recs, 0.2, seed=0)
     assert len(split["val"]) == 1 and len(split["train"]) == 1
+
+
+def test_atomic_write_leaves_normal_permissions(tmp_path: Path) -> None:
+    from ichseg.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert os.listdir(tmp_path) == ["a.txt"]
