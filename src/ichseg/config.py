@@ -197,6 +197,16 @@ def preset(name: str) -> RunConfig:
             ),
             pipeline=PipelineConfig(gate_sensitivity=0.97),
         )
+    if name == "fast":
+        # For cross-validation sweeps: about 6 minutes per fold on 2 CPU cores.
+        aug = {"learning_rate": 1e-3, "hflip": True, "affine": True, "intensity": True, "samples_per_epoch": 400}
+        return RunConfig(
+            unet=UNetConfig(input_size_px=128, base_filters=16, batch_norm=True, output_prior=0.01),
+            classifier=ClassifierConfig(input_size_px=128, base_filters=16, heads=ALL_HEADS),
+            train_unet=TrainConfig(epochs=15, patience=5, min_epochs=8, **aug),
+            train_classifier=TrainConfig(epochs=12, patience=4, min_epochs=6, **aug),
+            pipeline=PipelineConfig(gate_sensitivity=0.97),
+        )
     if name == "demo":
         # Minutes on 2 cores: small inputs, batch-norm and lr 1e-3 so the U-Net learns
         # within a few hundred steps (the paper's lr 1e-4 without batch-norm needs thousands).
@@ -212,4 +222,4 @@ def preset(name: str) -> RunConfig:
     raise ValueError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
 
 
-PRESETS = ("paper", "paper-cpu", "cpu", "demo")
+PRESETS = ("paper", "paper-cpu", "cpu", "fast", "demo")
