@@ -29,6 +29,15 @@ TINY = RunConfig(
 )
 
 
+def _run(data: Path, out: Path, cfg: RunConfig) -> int:
+    """``ichseg run`` on generated data with a config file written beside the output."""
+    path = out.parent / f"{out.name}-config.json"
+    save_json(to_dict(cfg), path)
+    return main(
+        ["run", "--data", str(data), "--out", str(out), "--config", str(path), "--image-size", str(SMALL_PX), "--no-progress"]
+    )
+
+
 def test_epoch_sampling_oversamples_positives_and_is_repeatable() -> None:
     labels = np.array([1] * 5 + [0] * 95)
     idx = epoch_indices(labels, 40, 0.5, seed=0, epoch=3)
@@ -154,26 +163,8 @@ def test_bundle_rebuilds_from_json_alone(trained: Path) -> None:
 
 
 def test_cli_run_on_tiny_data(tiny_data: Path, tmp_path: Path) -> None:
-    cfg = tmp_path / "cfg.json"
-    save_json(to_dict(TINY), cfg)
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "run",
-                "--data",
-                str(tiny_data),
-                "--out",
-                str(out),
-                "--config",
-                str(cfg),
-                "--image-size",
-                str(SMALL_PX),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert _run(tiny_data, out, TINY) == 0
     assert (out / "evaluation" / "metrics.json").exists()
     assert (out / "model" / "unet.safetensors").exists()
     assert json.loads((out / "config.json").read_text())["unet"]["base_filters"] == 4
@@ -256,26 +247,8 @@ def test_two_windows_and_neighbour_context_end_to_end(tiny_data: Path, tmp_path:
             heads=("hemorrhage", "intraparenchymal", "epidural", "fracture"),
         ),
     )
-    path = tmp_path / "cfg.json"
-    save_json(to_dict(cfg), path)
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "run",
-                "--data",
-                str(tiny_data),
-                "--out",
-                str(out),
-                "--config",
-                str(path),
-                "--image-size",
-                str(SMALL_PX),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert _run(tiny_data, out, cfg) == 0
     b = load_bundle(out / "model")
     assert b.unet_config.in_channels == 6 and b.classifier_config.in_channels == 6
     patient = sorted((tiny_data / "Patients_CT").iterdir())[0]
