@@ -7,6 +7,10 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -57,3 +61,19 @@ def sha256_file(path: Path) -> str:
 def sha256_text(text: str) -> str:
     """Hex SHA-256 of a string, for keys built from parameters."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def atomic_write_png(path: Path, array: np.ndarray) -> None:
+    """Lossless 8-bit PNG, greyscale (H, W) or RGB (H, W, 3), written atomically."""
+    import cv2
+    import numpy as np
+
+    bgr = np.ascontiguousarray(array[..., ::-1]) if array.ndim == 3 else array
+
+    def write(tmp: Path) -> None:
+        ok, buf = cv2.imencode(".png", bgr)
+        if not ok:
+            raise OSError(f"cannot encode {path}")
+        tmp.write_bytes(buf.tobytes())
+
+    atomic_write(path, write)

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ichseg.config import PreprocessConfig
 from ichseg.data.ctich import MASK_ON_LEVEL, DatasetError, SliceRecord
-from ichseg.io import atomic_write, atomic_write_text, sha256_file, sha256_text
+from ichseg.io import atomic_write_png, atomic_write_text, sha256_file, sha256_text
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +61,6 @@ def resize_mask(mask: np.ndarray, size_px: int, threshold: float = 0.5) -> np.nd
         return m
     small = cv2.resize(m.astype(np.float32), (size_px, size_px), interpolation=cv2.INTER_LINEAR)
     return small >= threshold
-
-
-def _write_png(path: Path, array_u8: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        ok, buf = cv2.imencode(".png", array_u8)
-        if not ok:
-            raise OSError(f"cannot encode {path}")
-        tmp.write_bytes(buf.tobytes())
-
-    atomic_write(path, write)
 
 
 class SliceCache:
@@ -138,7 +128,7 @@ class SliceCache:
                     arr = resize_mask(read_grey_u8(Path(src)), cfg.size_px, cfg.mask_threshold).astype(np.uint8) * 255
                 else:
                     arr = np.zeros((cfg.size_px, cfg.size_px), np.uint8)
-                _write_png(out, arr)
+                atomic_write_png(out, arr)
                 return key, {"sha256": digest, "source": src}, None
             except (DatasetError, OSError) as exc:
                 return key, None, str(exc)

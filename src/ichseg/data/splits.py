@@ -12,6 +12,14 @@ from ichseg.data.ctich import SliceRecord
 from ichseg.io import atomic_write_text
 
 
+def patients_with_hemorrhage(records: Sequence[SliceRecord]) -> dict[str, bool]:
+    """Patient ID → whether any of its slices has blood: the stratum of every split."""
+    positive: dict[str, bool] = {}
+    for r in records:
+        positive[r.patient_id] = positive.get(r.patient_id, False) or bool(r.hemorrhage)
+    return positive
+
+
 def split_patients(records: Sequence[SliceRecord], val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[str]]:
     """Split patients into ``train`` and ``val``, stratified by "has any hemorrhage".
 
@@ -21,9 +29,7 @@ def split_patients(records: Sequence[SliceRecord], val_fraction: float = 0.2, se
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    positive: dict[str, bool] = {}
-    for r in records:
-        positive[r.patient_id] = positive.get(r.patient_id, False) or bool(r.hemorrhage)
+    positive = patients_with_hemorrhage(records)
     rng = random.Random(seed)
     train: list[str] = []
     val: list[str] = []
@@ -48,9 +54,7 @@ def kfold_patients(records: Sequence[SliceRecord], folds: int = 5, seed: int = 0
     patients and every patient is validated exactly once."""
     if folds < 2:
         raise ValueError(f"need at least 2 folds, got {folds}")
-    positive: dict[str, bool] = {}
-    for r in records:
-        positive[r.patient_id] = positive.get(r.patient_id, False) or bool(r.hemorrhage)
+    positive = patients_with_hemorrhage(records)
     if len(positive) < folds:
         raise ValueError(f"{len(positive)} patients cannot fill {folds} folds")
     rng = random.Random(seed)

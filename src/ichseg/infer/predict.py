@@ -17,7 +17,7 @@ from ichseg.data.cache import read_grey_u8, resize_image_u8
 from ichseg.data.context import with_context
 from ichseg.data.ctich import MASK_SUFFIX, DatasetError
 from ichseg.infer.pipeline import Bundle, classify, masks_from_probs, segment
-from ichseg.io import atomic_write, atomic_write_text
+from ichseg.io import atomic_write, atomic_write_png, atomic_write_text
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -95,18 +95,6 @@ def overlay_rgb(image_u8: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    bgr = array[..., ::-1] if array.ndim == 3 else array
-
-    def write(tmp: Path) -> None:
-        ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr))
-        if not ok:
-            raise OSError(f"cannot encode {path}")
-        tmp.write_bytes(buf.tobytes())
-
-    atomic_write(path, write)
-
-
 def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: bool = True) -> list[dict[str, Any]]:
     """Predict every slice under ``path``; writes ``masks/``, ``overlays/``,
     ``predictions.csv`` and ``predictions.json`` into ``out_dir``; returns the rows.
@@ -147,9 +135,9 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
         mask = masks.get(i, np.zeros(src.shape[:2], bool))
         area = int(mask.sum())
         verdict = int(area > 0)
-        _write_png(out_dir / "masks" / f"{s.name}_mask.png", mask.astype(np.uint8) * 255)
+        atomic_write_png(out_dir / "masks" / f"{s.name}_mask.png", mask.astype(np.uint8) * 255)
         if write_overlays:
-            _write_png(out_dir / "overlays" / f"{s.name}_overlay.png", overlay_rgb(src, mask))
+            atomic_write_png(out_dir / "overlays" / f"{s.name}_overlay.png", overlay_rgb(src, mask))
         rows.append(
             {
                 "slice": s.name,
