@@ -14,7 +14,6 @@ import numpy as np
 
 from ichseg.config import RunConfig, load_json, save_json, to_dict
 from ichseg.data.cache import SliceCache
-from ichseg.data.context import with_context
 from ichseg.data.ctich import IndexResult, SliceRecord, build_index, write_disagreements, write_index
 from ichseg.data.splits import load_split, save_split, select, split_patients
 from ichseg.io import sha256_text
@@ -59,7 +58,7 @@ class Prepared:
 
 def cache_for(cache_root: Path, config: RunConfig, size_px: int) -> SliceCache:
     """The cache at one resolution, with the run's interpolation and mask threshold."""
-    return SliceCache(Path(cache_root), dataclasses.replace(config.preprocess, size_px=size_px))
+    return SliceCache.at_size(Path(cache_root), config.preprocess, size_px)
 
 
 def prepare(
@@ -121,8 +120,7 @@ def load_arrays(
     """One split part at one resolution, in memory, with 2.5D neighbours and the
     classifier's targets (one column per head, read from the index)."""
     recs = select(prep.records, prep.split[part])
-    images, masks = cache_for(prep.cache_root, prep.config, size_px).load(recs, windows)
-    images = with_context(images, [(r.patient_id, r.slice) for r in recs], context_slices)
+    images, masks = cache_for(prep.cache_root, prep.config, size_px).load(recs, windows, context_slices)
     labels = np.array([r.hemorrhage for r in recs], np.int64)
     targets = np.array([[getattr(r, h) for h in heads] for r in recs], np.float32).reshape(len(recs), len(heads))
     return Arrays(images, masks, labels, targets)

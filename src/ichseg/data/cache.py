@@ -7,6 +7,7 @@ there and a changed source or parameter rebuilds only what changed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ichseg.config import PreprocessConfig
+from ichseg.data.context import with_context
 from ichseg.data.ctich import MASK_ON_LEVEL, DatasetError, SliceRecord
 from ichseg.io import atomic_write_png, atomic_write_text, sha256_file, sha256_text
 
@@ -165,11 +167,20 @@ class SliceCache:
             log.warning("skipping: %s", err)
         return [r for r in records if (r.patient_id, r.slice) not in bad]
 
-    def load(self, records: Sequence[SliceRecord], windows: Sequence[str] = ("brain",)) -> tuple[np.ndarray, np.ndarray]:
+    @classmethod
+    def at_size(cls, root: Path, preprocess: PreprocessConfig, size_px: int) -> SliceCache:
+        """The cache for ``preprocess`` with its size replaced: each stage reads its own size."""
+        return cls(root, dataclasses.replace(preprocess, size_px=size_px))
+
+    def load(
+        self, records: Sequence[SliceRecord], windows: Sequence[str] = ("brain",), context_slices: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Cached arrays for ``records``: images uint8 (N, C, S, S) and masks bool (N, S, S).
 
         Kept as uint8 (4× smaller than float) and scaled to [0, 1] per batch. A window with
-        no source slice (one bone slice is missing in CT-ICH) is filled with zeros.
+        no source slice (one bone slice is missing in CT-ICH) is filled with zeros. With
+        ``context_slices`` each slice is stacked with its neighbours among ``records``
+        (see :func:`ichseg.data.context.with_context`).
         """
         s = self.config.size_px
         images = np.zeros((len(records), len(windows), s, s), np.uint8)
@@ -188,4 +199,4 @@ class SliceCache:
             if m is None:
                 raise DatasetError(f"{mpath}: not in the cache (run preprocessing first)")
             masks[i] = m > 127
-        return images, masks
+        return with_context(images, [(r.patient_id, r.slice) for r in records], context_slices), masks

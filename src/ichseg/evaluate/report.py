@@ -17,7 +17,6 @@ from monai.metrics import compute_roc_auc
 
 from ichseg.config import ClassifierConfig, UNetConfig
 from ichseg.data.cache import SliceCache
-from ichseg.data.context import with_context
 from ichseg.data.ctich import SUBTYPES, SliceRecord
 from ichseg.evaluate import metrics as M
 from ichseg.evaluate.bootstrap import bootstrap_ci
@@ -74,15 +73,14 @@ def roc_auc(scores: np.ndarray, truth: np.ndarray) -> float | None:
 
 
 def _cache(bundle: Bundle, root: Path, size: int) -> SliceCache:
-    return SliceCache(root, dataclasses.replace(bundle.preprocess, size_px=size))
+    return SliceCache.at_size(root, bundle.preprocess, size)
 
 
 def model_input(
     bundle: Bundle, cache_root: Path, cfg: UNetConfig | ClassifierConfig, records: Sequence[SliceRecord]
 ) -> np.ndarray:
     """Cached uint8 inputs for one stage, with its 2.5D neighbours (from ``records``)."""
-    images, _ = _cache(bundle, cache_root, cfg.input_size_px).load(records, cfg.windows)
-    return with_context(images, [(r.patient_id, r.slice) for r in records], cfg.context_slices)
+    return _cache(bundle, cache_root, cfg.input_size_px).load(records, cfg.windows, cfg.context_slices)[0]
 
 
 def evaluate_records(
