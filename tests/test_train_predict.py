@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from safetensors.torch import load_file
 from conftest import SMALL_PX
 from ichseg.cli import main
 from ichseg.config import ClassifierConfig, PipelineConfig, RunConfig, TrainConfig, UNetConfig, save_json, to_dict
+from ichseg.crossval import rows_of
+from ichseg.evaluate.operating_point import MASK_THRESHOLDS
 from ichseg.infer.pipeline import load_bundle
 from ichseg.infer.predict import find_inputs
 from ichseg.train.sampling import epoch_indices
@@ -197,8 +200,14 @@ def test_hflip_flips_image_and_mask_together() -> None:
 
 
 def test_cv_fold_json_and_table(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # the hires recipe in miniature: crops, a validation subset, a tuned operating point, TTA
+    tiny = dataclasses.replace(
+        TINY,
+        train_unet=dataclasses.replace(TINY.train_unet, crop_px=16, val_max_negatives=4),
+        pipeline=dataclasses.replace(TINY.pipeline, tune_operating_point=True, tta_flip=True),
+    )
     cfg = tmp_path / "cfg.json"
-    save_json(to_dict(TINY), cfg)
+    save_json(to_dict(tiny), cfg)
     results = tmp_path / "results"
     args = [
         "cv",
@@ -227,11 +236,19 @@ def test_cv_fold_json_and_table(tiny_data: Path, tmp_path: Path, capsys: pytest.
     )
     for f in folds:
         s = f["metrics"]["slice"]
-        assert s["tp"] + s["tn"] + s["fp"] + s["fn"] == len(f["per_slice"])
+        assert s["tp"] + s["tn"] + s["fp"] + s["fn"] == len(rows_of(f["per_slice"]))
+        op = f["metrics"]["operating_point"]
+        assert op["tta_flip"] and op["mask_threshold"] in MASK_THRESHOLDS
+        alts = f["metrics"]["alternatives"]
+        assert alts["untuned_operating_point"]["operating_point"]["mask_threshold"] == 0.5
+        assert not alts["no_tta"]["operating_point"]["tta_flip"]
+        for a in alts.values():
+            assert sum(a["slice"][k] for k in ("tp", "tn", "fp", "fn")) == s["tp"] + s["tn"] + s["fp"] + s["fn"]
     capsys.readouterr()
     assert main(["cv-table", "--results", str(results)]) == 0
     table = capsys.readouterr().out
     assert "| tiny | 2/2 |" in table
+    assert "| tiny (no tta) | 2/2 |" in table
 
 
 def test_two_windows_and_neighbour_context_end_to_end(tiny_data: Path, tmp_path: Path) -> None:

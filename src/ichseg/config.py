@@ -79,6 +79,13 @@ class TrainConfig:
     affine: bool = False  # random rotation, scaling and shift (MONAI RandAffine)
     intensity: bool = False  # random contrast, brightness and noise
     min_epochs: int = 0  # early stopping cannot end a run before this many epochs
+    # U-Net only: train on random crops of this size (0 = whole slices) taken from the
+    # input_size_px images, centred near blood on positive slices (as nnU-Net's foreground
+    # oversampling), so a high input resolution costs what a small one does per step.
+    crop_px: int = 0
+    # Validate on every positive slice plus at most this many negatives (0 = all slices):
+    # keeps per-epoch validation cheap at high resolution.
+    val_max_negatives: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,10 @@ class PipelineConfig:
     mask_threshold: float = 0.5  # on the U-Net probability, after upsampling to 512
     min_area_px: int = 20  # at 512×512; smaller predicted masks count as empty
     eval_size_px: int = 512
+    # If set, the bundle step chooses mask_threshold and min_area_px on the validation
+    # patients (see ichseg.evaluate.operating_point) instead of using the values above.
+    tune_operating_point: bool = False
+    tta_flip: bool = False  # average the U-Net's output over the slice and its left-right mirror
 
 
 @dataclass(frozen=True)
@@ -169,6 +180,10 @@ def preset(name: str) -> RunConfig:
       memorises; the classifier also predicts the subtypes and fracture.
     - ``fast``: for cross-validation sweeps: 128×128 inputs, 400 slices per epoch, about
       6 minutes per fold.
+    - ``fast-ctx``: ``fast`` with brain and bone windows and one neighbouring slice on
+      each side as input channels (2.5D).
+    - ``hires``: ``fast-ctx`` with a 256×256 U-Net trained on 128×128 crops, an operating
+      point tuned on validation patients, and flip test-time augmentation.
     - ``demo``: the embedded synthetic demo, sized to finish in minutes.
     """
     if name == "paper":
@@ -209,6 +224,26 @@ def preset(name: str) -> RunConfig:
             train_classifier=TrainConfig(epochs=12, patience=4, min_epochs=6, **aug),
             pipeline=PipelineConfig(gate_sensitivity=0.97),
         )
+    if name in ("fast-ctx", "hires"):
+        # fast + both windows and one neighbour on each side (2.5D): 6 input channels.
+        base = preset("fast")
+        ctx = {"windows": ("bone", "brain"), "context_slices": 1}
+        cfg = dataclasses.replace(
+            base,
+            unet=dataclasses.replace(base.unet, **ctx),
+            classifier=dataclasses.replace(base.classifier, **ctx),
+        )
+        if name == "fast-ctx":
+            return cfg
+        # hires: the U-Net sees 256×256 slices but trains on 128×128 crops (same cost per
+        # step as fast), validates on positives plus 96 negatives; the operating point is
+        # tuned on the inner validation patients and the U-Net uses flip TTA.
+        return dataclasses.replace(
+            cfg,
+            unet=dataclasses.replace(cfg.unet, input_size_px=256),
+            train_unet=dataclasses.replace(cfg.train_unet, crop_px=128, val_max_negatives=96),
+            pipeline=dataclasses.replace(cfg.pipeline, tune_operating_point=True, tta_flip=True),
+        )
     if name == "demo":
         # Minutes on 2 cores: small inputs, batch-norm and lr 1e-3 so the U-Net learns
         # within a few hundred steps (the paper's lr 1e-4 without batch-norm needs thousands).
@@ -224,4 +259,4 @@ def preset(name: str) -> RunConfig:
     raise ValueError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
 
 
-PRESETS = ("paper", "paper-cpu", "cpu", "fast", "demo")
+PRESETS = ("paper", "paper-cpu", "cpu", "fast", "fast-ctx", "hires", "demo")

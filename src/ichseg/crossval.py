@@ -3,6 +3,7 @@ repository, so the CV table can be rebuilt (and bootstrapped) without retraining
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ichseg.config import RunConfig, to_dict
+from ichseg.config import PipelineConfig, RunConfig, to_dict
 from ichseg.data.splits import kfold_patients, select, split_patients
 from ichseg.evaluate.bootstrap import HEADLINE, bootstrap_ci
 from ichseg.io import atomic_write_text
@@ -60,7 +61,7 @@ def run_fold(
         train_stage(prep, which, resume=resume, progress=progress)
     bundle = load_bundle(bundle_stage(work, config, prep=prep))
     val = ensure_caches(bundle, select(prep.records, outer["val"]), cache_root, skip_bad=skip_bad)
-    ev = evaluate_records(bundle, val, cache_root, progress=progress)
+    ev = evaluate_records(bundle, val, cache_root, progress=progress, alternatives=ablation_variants(config, bundle.pipeline))
     body: dict[str, Any] = {
         "name": name,
         "fold": fold,
@@ -74,12 +75,39 @@ def run_fold(
         "training": training_summary(work),
         "hardware": hardware(),
         "metrics": {k: v for k, v in ev.metrics.items() if k not in ("definitions", "paper")},
-        "per_slice": ev.per_slice,
+        "per_slice": columns(ev.per_slice),
     }
     out = Path(results_dir) / name / f"fold{fold}.json"
     atomic_write_text(out, json.dumps(body, indent=1) + "\n")
     log.info("fold %d of %s -> %s", fold, name, out)
     return out
+
+
+def ablation_variants(config: RunConfig, tuned: PipelineConfig) -> dict[str, PipelineConfig]:
+    """Inference-time ablations scored on the same fold from the same models: the
+    operating point before tuning, and the U-Net without test-time augmentation."""
+    out = {}
+    if config.pipeline.tune_operating_point:
+        default = PipelineConfig()
+        out["untuned_operating_point"] = dataclasses.replace(
+            tuned, mask_threshold=default.mask_threshold, min_area_px=default.min_area_px
+        )
+    if tuned.tta_flip:
+        out["no_tta"] = dataclasses.replace(tuned, tta_flip=False)
+    return out
+
+
+def columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Per-slice rows stored column-wise (about a third of the size of a list of dicts)."""
+    return {k: [r[k] for r in rows] for k in (rows[0] if rows else {})}
+
+
+def rows_of(per_slice: dict[str, list[Any]] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-slice rows from either stored form (column-wise, or the older list of dicts)."""
+    if isinstance(per_slice, list):
+        return per_slice
+    keys = list(per_slice)
+    return [dict(zip(keys, vals, strict=True)) for vals in zip(*(per_slice[k] for k in keys), strict=True)]
 
 
 def _fold_values(m: dict[str, Any]) -> dict[str, float | None]:
@@ -101,13 +129,9 @@ def summarize(results_dir: Path) -> dict[str, dict[str, Any]]:
         folds = [json.loads(f.read_text()) for f in sorted(cfg_dir.glob("fold*.json"))]
         if not folds:
             continue
-        vals = [_fold_values(f["metrics"]) for f in folds]
-        stats = {}
-        for k in HEADLINE:
-            xs = np.array([v[k] for v in vals if v[k] is not None], float)
-            stats[k] = {"mean": float(xs.mean()) if len(xs) else None, "sd": float(xs.std(ddof=1)) if len(xs) > 1 else None}
+        stats = _mean_sd([_fold_values(f["metrics"]) for f in folds])
         minutes = [sum(t["seconds"] for t in f["training"].values()) / 60 for f in folds]
-        rows = [r for f in folds for r in f["per_slice"]]
+        rows = [r for f in folds for r in rows_of(f["per_slice"])]
         out[cfg_dir.name] = {
             "folds": len(folds),
             "of": folds[0]["folds"],
@@ -116,7 +140,24 @@ def summarize(results_dir: Path) -> dict[str, dict[str, Any]]:
             "train_minutes_mean": float(np.mean(minutes)),
             "slices": len(rows),
         }
+        # inference-time ablations stored in every fold: same models, other settings
+        alts = set.intersection(*(set(f["metrics"].get("alternatives", {})) for f in folds))
+        for alt in sorted(alts):
+            avals = [_fold_values(f["metrics"]["alternatives"][alt]) for f in folds]
+            out[f"{cfg_dir.name} ({alt.replace('_', ' ')})"] = {
+                **out[cfg_dir.name],
+                "stats": _mean_sd(avals),
+                "bootstrap": None,
+            }
     return out
+
+
+def _mean_sd(vals: list[dict[str, float | None]]) -> dict[str, dict[str, float | None]]:
+    stats = {}
+    for k in HEADLINE:
+        xs = np.array([v[k] for v in vals if v[k] is not None], float)
+        stats[k] = {"mean": float(xs.mean()) if len(xs) else None, "sd": float(xs.std(ddof=1)) if len(xs) > 1 else None}
+    return stats
 
 
 def markdown(summary: dict[str, dict[str, Any]]) -> str:

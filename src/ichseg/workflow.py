@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ichseg.config import RunConfig, load_json, save_json, to_dict
+from ichseg.config import PipelineConfig, RunConfig, load_json, save_json, to_dict
 from ichseg.data.cache import SliceCache
 from ichseg.data.ctich import IndexResult, SliceRecord, build_index, write_disagreements, write_index
 from ichseg.data.splits import load_split, save_split, select, split_patients
@@ -126,6 +126,17 @@ def load_arrays(
     return Arrays(images, masks, labels, targets)
 
 
+def subset_negatives(data: Arrays, max_negatives: int, seed: int) -> Arrays:
+    """Every positive slice plus a fixed random ``max_negatives`` of the negatives."""
+    neg = np.flatnonzero(data.labels == 0)
+    if len(neg) <= max_negatives:
+        return data
+    keep = np.sort(
+        np.concatenate([np.flatnonzero(data.labels != 0), np.random.default_rng(seed).choice(neg, max_negatives, replace=False)])
+    )
+    return Arrays(data.images[keep], data.masks[keep], data.labels[keep], None if data.targets is None else data.targets[keep])
+
+
 def train_stage(
     prep: Prepared, which: str, *, resume: bool = False, progress: bool = True, max_steps: int | None = None
 ) -> TrainResult:
@@ -136,6 +147,8 @@ def train_stage(
     heads = tuple(getattr(model_cfg, "heads", ("hemorrhage",)))
     train = load_arrays(prep, "train", size, windows, model_cfg.context_slices, heads)
     val = load_arrays(prep, "val", size, windows, model_cfg.context_slices, heads)
+    if train_cfg.val_max_negatives:
+        val = subset_negatives(val, train_cfg.val_max_negatives, train_cfg.seed)
     meta = {
         "git_commit": git_commit(),
         "seed": train_cfg.seed,
@@ -190,32 +203,55 @@ def bundle_stage(work_dir: Path, config: RunConfig, checkpoint: str = "best", pr
             tmp.replace(out / f"{which}{ext}")
     pipeline = config.pipeline
     extra: dict[str, object] = {}
-    if pipeline.gate_sensitivity is not None:
-        if prep is None:
-            raise ValueError("gate_sensitivity needs the validation data (pass prep)")
+    if pipeline.gate_sensitivity is not None or pipeline.tune_operating_point:
+        if prep is None or not prep.split["val"]:
+            raise ValueError("calibrating the gate or the operating point needs validation patients (pass prep)")
         from ichseg.infer.pipeline import classify
         from ichseg.train.checkpoint import load_model
 
         model, ccfg, _ = load_model(out / "classifier")
         val = load_arrays(prep, "val", ccfg.input_size_px, tuple(ccfg.windows), ccfg.context_slices)
         probs = classify(model, val.images)[:, 0]
-        threshold = gate_threshold(probs, val.labels, pipeline.gate_sensitivity)
-        pipeline = dataclasses.replace(pipeline, classifier_threshold=threshold)
-        extra["calibration"] = {
-            "classifier_threshold": threshold,
-            "gate_sensitivity": config.pipeline.gate_sensitivity,
-            "on": "validation patients",
-            "patients": prep.split["val"],
-            "positive_slices": int(val.labels.sum()),
-        }
-        log.info(
-            "gate threshold %.4f keeps %.0f%% of %d validation bleeds",
-            threshold,
-            100 * pipeline.gate_sensitivity if pipeline.gate_sensitivity else 0,
-            int(val.labels.sum()),
-        )
+        calibration: dict[str, object] = {"on": "validation patients", "patients": prep.split["val"]}
+        if pipeline.gate_sensitivity is not None:
+            threshold = gate_threshold(probs, val.labels, pipeline.gate_sensitivity)
+            pipeline = dataclasses.replace(pipeline, classifier_threshold=threshold)
+            calibration.update(
+                classifier_threshold=threshold, gate_sensitivity=pipeline.gate_sensitivity, positive_slices=int(val.labels.sum())
+            )
+            log.info(
+                "gate threshold %.4f keeps %.0f%% of %d validation bleeds",
+                threshold,
+                100 * pipeline.gate_sensitivity,
+                int(val.labels.sum()),
+            )
+        if pipeline.tune_operating_point:
+            pipeline, rows = tune_operating_point(prep, out, pipeline, probs >= pipeline.classifier_threshold)
+            calibration.update(mask_threshold=pipeline.mask_threshold, min_area_px=pipeline.min_area_px, grid=rows)
+        extra["calibration"] = calibration
     save_json({"pipeline": to_dict(pipeline), "preprocess": to_dict(config.preprocess), **extra}, out / "pipeline.json")
     return out
+
+
+def tune_operating_point(
+    prep: Prepared, model_dir: Path, pipeline: PipelineConfig, gate_pass: np.ndarray, chunk: int = 32
+) -> tuple[PipelineConfig, list[dict[str, object]]]:
+    """Choose mask threshold and minimum area on the validation patients (see
+    :mod:`ichseg.evaluate.operating_point`), with the U-Net run as at inference (TTA included)."""
+    from ichseg.evaluate.operating_point import choose_operating_point, threshold_stats, with_operating_point
+    from ichseg.infer.pipeline import segment
+    from ichseg.train.checkpoint import load_model
+
+    unet, ucfg, _ = load_model(Path(model_dir) / "unet")
+    x = load_arrays(prep, "val", ucfg.input_size_px, tuple(ucfg.windows), ucfg.context_slices)
+    truth = load_arrays(prep, "val", pipeline.eval_size_px, ())
+    chunks = (
+        (segment(unet, x.images[i : i + chunk], pipeline.eval_size_px, tta_flip=pipeline.tta_flip), truth.masks[i : i + chunk])
+        for i in range(0, len(x.images), chunk)
+    )
+    th, area, rows = choose_operating_point(threshold_stats(chunks), gate_pass, x.labels)
+    log.info("operating point: mask threshold %.2f, min area %d px (on %d validation slices)", th, area, len(x.images))
+    return with_operating_point(pipeline, th, area), rows
 
 
 def training_summary(work_dir: Path) -> dict[str, dict[str, object]]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from monai.metrics import compute_roc_auc
 
-from ichseg.config import ClassifierConfig, UNetConfig
+from ichseg.config import ClassifierConfig, PipelineConfig, UNetConfig
 from ichseg.data.cache import SliceCache
 from ichseg.data.ctich import SUBTYPES, SliceRecord
 from ichseg.evaluate import metrics as M
@@ -84,9 +84,23 @@ def model_input(
 
 
 def evaluate_records(
-    bundle: Bundle, records: Sequence[SliceRecord], cache_root: Path, *, chunk: int = 64, progress: bool = False
+    bundle: Bundle,
+    records: Sequence[SliceRecord],
+    cache_root: Path,
+    *,
+    chunk: int = 64,
+    progress: bool = False,
+    alternatives: dict[str, PipelineConfig] | None = None,
 ) -> Evaluation:
-    """Run both stages on every record and compute all variants' metrics."""
+    """Run both stages on every record and compute all variants' metrics.
+
+    ``alternatives`` are other pipeline settings (operating point, TTA) scored on the same
+    slices from the same models, under ``metrics["alternatives"][name]``: ablations that
+    cost one more inference pass at most, not a retraining."""
+    alternatives = alternatives or {}
+    alt_probs_needed = {a.tta_flip for a in alternatives.values()} - {bundle.pipeline.tta_flip}
+    alt_acc = {k: M.PixelAccumulator() for k in alternatives}
+    alt_area = {k: np.zeros(len(records), int) for k in alternatives}
     cfg = bundle.pipeline
     ev = cfg.eval_size_px
     heads_prob = classify(bundle.classifier, model_input(bundle, cache_root, bundle.classifier_config, records))
@@ -107,7 +121,7 @@ def evaluate_records(
     for i in range(0, len(records), chunk):
         part = records[i : i + chunk]
         _, truth = _cache(bundle, cache_root, ev).load(part, ())
-        probs = segment(bundle.unet, unet_in[i : i + len(part)], ev)
+        probs = segment(bundle.unet, unet_in[i : i + len(part)], ev, tta_flip=cfg.tta_flip)
         masks = masks_from_probs(probs, cfg)
         sl = slice(i, i + len(part))
         areas[sl] = masks.reshape(len(part), -1).sum(1)
@@ -115,6 +129,11 @@ def evaluate_records(
         true_areas[sl] = truth.reshape(len(part), -1).sum(1)
         gated = pipeline_verdict(cls_prob[sl], areas[sl] > 0, cfg)
         pipe_masks = masks & gated[:, None, None]
+        other = {t: segment(bundle.unet, unet_in[sl], ev, tta_flip=t) for t in alt_probs_needed}
+        for name, alt in alternatives.items():
+            m = masks_from_probs(other.get(alt.tta_flip, probs), alt)
+            alt_area[name][sl] = m.reshape(len(part), -1).sum(1)
+            alt_acc[name].add(m & pipeline_verdict(cls_prob[sl], alt_area[name][sl] > 0, alt)[:, None, None], truth)
         acc_unet.add(masks, truth)
         acc_pipe.add(pipe_masks, truth)
         dice_pipe[sl] = M.dice_per_slice(pipe_masks, truth)
@@ -171,6 +190,17 @@ def evaluate_records(
         for k, r in enumerate(records)
     ]
     metrics["bootstrap"] = bootstrap_ci(per_slice)
+    if alternatives:
+        pids = [r.patient_id for r in records]
+        metrics["alternatives"] = {}
+        for name, alt in alternatives.items():
+            v = pipeline_verdict(cls_prob, alt_area[name] > 0, alt)
+            metrics["alternatives"][name] = {
+                "operating_point": dataclasses.asdict(alt),
+                "slice": M.slice_metrics(v, truth_slice),
+                "scan": M.scan_metrics(pids, v, truth_slice),
+                "pixel": alt_acc[name].result(),
+            }
     return Evaluation(metrics, per_slice)
 
 
@@ -287,7 +317,7 @@ def example_figure(bundle: Bundle, records: Sequence[SliceRecord], cache_root: P
     rows = [scans.index(p) for p in picks]
     x = model_input(bundle, cache_root, bundle.unet_config, scans)[rows]
     c_in = model_input(bundle, cache_root, bundle.classifier_config, scans)[rows]
-    masks = masks_from_probs(segment(bundle.unet, x, ev), bundle.pipeline)
+    masks = masks_from_probs(segment(bundle.unet, x, ev, tta_flip=bundle.pipeline.tta_flip), bundle.pipeline)
     gated = pipeline_verdict(classify(bundle.classifier, c_in)[:, 0], masks.reshape(len(picks), -1).any(1), bundle.pipeline)
     masks &= gated[:, None, None]
     dice = M.dice_per_slice(masks, truth)

@@ -79,15 +79,23 @@ def classify(model: nn.Module, images_u8: np.ndarray, batch: int = 16) -> np.nda
 
 
 @torch.inference_mode()
-def segment(model: nn.Module, images_u8: np.ndarray, out_size_px: int | tuple[int, int], batch: int = 8) -> np.ndarray:
+def segment(
+    model: nn.Module, images_u8: np.ndarray, out_size_px: int | tuple[int, int], batch: int = 8, tta_flip: bool = False
+) -> np.ndarray:
     """Blood probability maps (N, H, W) float32 at ``out_size_px``, upsampled bilinearly from
-    the U-Net's resolution so that metrics and masks are always at full size."""
+    the U-Net's resolution so that metrics and masks are always at full size.
+
+    ``tta_flip`` averages the probabilities of each slice and of its left-right mirror
+    (mirrored back): the head is nearly symmetric, so this costs 2× and smooths errors
+    that depend on the side."""
     model.eval()
     size = (out_size_px, out_size_px) if isinstance(out_size_px, int) else out_size_px
     out = np.zeros((len(images_u8), *size), np.float32)
     for s in _batches(len(images_u8), batch):
         x = torch.from_numpy(images_u8[s]).float().div_(255).contiguous(memory_format=torch.channels_last)
         prob = torch.sigmoid(model(x))
+        if tta_flip:
+            prob = (prob + torch.sigmoid(model(x.flip(-1))).flip(-1)) / 2
         if prob.shape[-2:] != size:
             prob = F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
         out[s] = prob[:, 0].numpy()

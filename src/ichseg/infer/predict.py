@@ -124,7 +124,7 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
             u_in = _model_input([slices[i] for i in gated], images, ucfg.windows, ucfg.input_size_px, interp)
         for k, i in enumerate(gated):
             src = images[slices[i].brain]
-            prob = segment(bundle.unet, u_in[k : k + 1], src.shape[:2])
+            prob = segment(bundle.unet, u_in[k : k + 1], src.shape[:2], tta_flip=bundle.pipeline.tta_flip)
             area_scale = src.shape[0] * src.shape[1] / cfg.eval_size_px**2
             masks[int(i)] = masks_from_probs(prob, cfg, area_scale)[0]
             pmax[i] = prob.max()

@@ -48,3 +48,33 @@ def augment_batch(aug: Compose, images: np.ndarray, masks: np.ndarray, seed: lis
         out_i[k] = np.asarray(d["image"], np.float32)
         out_m[k] = np.asarray(d["mask"])[0] > 0.5
     return out_i, out_m
+
+
+def crop_batch(images: np.ndarray, masks: np.ndarray, size_px: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random ``size_px`` square crops of uint8 images (B, C, S, S) and masks (B, S, S).
+
+    A slice with blood is cropped around a random blood pixel (shifted by up to a quarter
+    of the crop, so the lesion is not always central); a normal slice around a random
+    pixel inside the head (channel 0 above 10 % grey), so crops of air are rare and the
+    hard negatives near the skull are seen.
+    """
+    b, c, s, _ = images.shape
+    if size_px >= s:
+        return images, masks
+    out_i = np.empty((b, c, size_px, size_px), images.dtype)
+    out_m = np.empty((b, size_px, size_px), masks.dtype)
+    half = size_px // 2
+    for k in range(b):
+        ys, xs = np.nonzero(masks[k])
+        if not len(ys):
+            ys, xs = np.nonzero(images[k, 0] > 25)
+        if len(ys):
+            j = rng.integers(len(ys))
+            cy, cx = ys[j] + rng.integers(-half // 2, half // 2 + 1), xs[j] + rng.integers(-half // 2, half // 2 + 1)
+        else:
+            cy, cx = rng.integers(half, s - half + 1, size=2)
+        y0 = int(np.clip(cy - half, 0, s - size_px))
+        x0 = int(np.clip(cx - half, 0, s - size_px))
+        out_i[k] = images[k, :, y0 : y0 + size_px, x0 : x0 + size_px]
+        out_m[k] = masks[k, y0 : y0 + size_px, x0 : x0 + size_px]
+    return out_i, out_m

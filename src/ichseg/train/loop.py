@@ -22,7 +22,7 @@ from torch import nn
 from ichseg.config import ClassifierConfig, TrainConfig, UNetConfig, to_dict
 from ichseg.io import atomic_write
 from ichseg.models import build_model, count_parameters
-from ichseg.train.augment import augment_batch, build_augmenter
+from ichseg.train.augment import augment_batch, build_augmenter, crop_batch
 from ichseg.train.checkpoint import DATASET_CREDIT, load_resume, save_model, save_resume
 from ichseg.train.losses import bce_dice_loss
 from ichseg.train.sampling import epoch_indices
@@ -90,7 +90,10 @@ def dice_from_sums(s: np.ndarray) -> float:
 def validate(
     model: nn.Module, data: Arrays, segmenter: bool, loss_fn: nn.Module, channels_last: bool, batch: int = 16
 ) -> tuple[float, float]:
-    """(mean loss, score): global Dice for the U-Net, ROC AUC for the classifier."""
+    """(mean loss, score): global Dice for the U-Net, ROC AUC for the classifier; both NaN
+    with no validation slices (fixed-length training on every patient)."""
+    if not len(data.images):
+        return float("nan"), float("nan")
     model.eval()
     losses, sums, scores = [], np.zeros(3), []
     for i in range(0, len(data.images), batch):
@@ -183,6 +186,8 @@ def train_model(
         for step in range(state["step_in_epoch"], steps_per_epoch):
             idx = np.sort(order[step * config.batch_size : (step + 1) * config.batch_size])
             images, masks = train.images[idx], train.masks[idx]
+            if segmenter and config.crop_px:
+                images, masks = crop_batch(images, masks, config.crop_px, np.random.default_rng([config.seed, epoch, step, 1]))
             if config.hflip:
                 images, masks = hflip_batch(images, masks, np.random.default_rng([config.seed, epoch, step]))
             if aug is not None:
