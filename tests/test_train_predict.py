@@ -250,6 +250,39 @@ def test_cv_fold_json_and_table(tiny_data: Path, tmp_path: Path, capsys: pytest.
     assert "| tiny | 2/2 |" in table
     assert "| tiny (no tta) | 2/2 |" in table
 
+    # the release: every patient, the folds' median epochs and operating point, no validation
+    from ichseg.release import BUNDLE_FILES, cv_choices, install, train_release
+
+    choices = cv_choices(results / "tiny")
+    bundle = train_release(tiny_data, tmp_path / "release", tiny, results / "tiny", progress=False, expected_size_px=SMALL_PX)
+    body = json.loads((bundle / "pipeline.json").read_text())
+    assert body["pipeline"]["mask_threshold"] == choices["mask_threshold"]
+    assert not body["pipeline"]["tune_operating_point"]
+    assert body["trained_on"]["patients"] == sorted(p.name for p in (tiny_data / "Patients_CT").iterdir())
+    dest = install(bundle, tmp_path / "installed")
+    assert all((dest / n).exists() for n in BUNDLE_FILES)
+    assert load_bundle(dest).pipeline.classifier_threshold == choices["classifier_threshold"]
+    # evaluating on the training patients is flagged, not passed off as a test result
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(tiny_data),
+                "--model",
+                str(dest),
+                "--out",
+                str(tmp_path / "ev"),
+                "--image-size",
+                str(SMALL_PX),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    seen = json.loads((tmp_path / "ev" / "metrics.json").read_text())["patients_seen_in_training"]
+    assert len(seen) == len(body["trained_on"]["patients"])
+
 
 def test_two_windows_and_neighbour_context_end_to_end(tiny_data: Path, tmp_path: Path) -> None:
     import dataclasses

@@ -1,4 +1,4 @@
-"""Command line: ``ichseg index | train | evaluate | predict | run``."""
+"""Command line: ``ichseg index | train | evaluate | predict | cv | cv-table | release | run``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import logging
 import sys
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def _demo_data():  # imported lazily: keeps the synthetic module out of CLI start-up
@@ -109,6 +111,13 @@ def _evaluate(
     eval_records = ensure_caches(bundle, eval_records, cache_root, skip_bad=skip_bad, progress=progress)
     ev = evaluate_records(bundle, eval_records, cache_root, progress=progress)
     ev.metrics["evaluated_part"] = part if sp else "all"
+    seen = sorted({r.patient_id for r in eval_records} & set(bundle.meta.get("trained_on", {}).get("patients", [])))
+    ev.metrics["patients_seen_in_training"] = seen
+    if seen:
+        log.warning(
+            "%d of the evaluated patients were in this model's training data: these figures are not a test result",
+            len(seen),
+        )
     from ichseg.workflow import hardware, training_summary
 
     if summary := training_summary(model_dir.parent):
@@ -140,10 +149,17 @@ def _print_metrics(m: dict, out: Path) -> None:
     print(f"report -> {out / 'metrics.json'}, {out / 'metrics.md'}")
 
 
+def _model_dir(args: argparse.Namespace) -> Path:
+    """``--model`` or, when none is named, the model shipped inside the package."""
+    from ichseg.release import default_model_dir
+
+    return Path(args.model) if args.model else default_model_dir()
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     m = _evaluate(
-        Path(args.model),
+        _model_dir(args),
         Path(args.data),
         out,
         split=args.split,
@@ -162,7 +178,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ichseg.infer.pipeline import load_bundle
     from ichseg.infer.predict import predict_path
 
-    bundle = load_bundle(Path(args.model))
+    bundle = load_bundle(_model_dir(args))
     t0 = time.perf_counter()
     rows = predict_path(bundle, Path(args.path), Path(args.out), write_overlays=not args.no_overlays)
     pos = [r["slice"] for r in rows if r["hemorrhage"]]
@@ -228,6 +244,26 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    from ichseg.release import install, train_release
+
+    t0 = time.perf_counter()
+    bundle = train_release(
+        Path(args.data),
+        Path(args.out),
+        _config(args, "hires"),
+        Path(args.cv),
+        resume=args.resume,
+        progress=not args.no_progress,
+        skip_bad=args.skip_bad,
+        expected_size_px=args.image_size or None,
+    )
+    print(f"model bundle -> {bundle} ({(time.perf_counter() - t0) / 60:.1f} min)")
+    if args.install:
+        print(f"installed as the shipped model -> {install(bundle)}")
+    return 0
+
+
 def cmd_cv_table(args: argparse.Namespace) -> int:
     from ichseg.crossval import markdown, summarize
 
@@ -274,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="metrics.json, tables and figures for a model on CT-ICH-layout data", allow_abbrev=False)
     common(s)
-    s.add_argument("--model", type=Path, required=True, help="model bundle folder (e.g. WORK/model)")
+    s.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--split", type=Path, default=None, help="split.json: evaluate only its --part patients")
     s.add_argument("--part", choices=("train", "val"), default="val")
@@ -285,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="masks, overlays and verdicts for a slice, a patient folder or a folder of slices", allow_abbrev=False
     )
     s.add_argument("path", type=Path, help="an image, Patients_CT/<ID>, its brain/ folder, or any folder of slices")
-    s.add_argument("--model", type=Path, required=True, help="model bundle folder")
+    s.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--no-overlays", action="store_true", help="skip overlay PNGs")
     s.set_defaults(func=cmd_predict)
@@ -303,6 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("cv-table", help="rebuild the CV table from fold JSONs (no training)", allow_abbrev=False)
     s.add_argument("--results", type=Path, default=Path("results/cv"))
     s.set_defaults(func=cmd_cv_table)
+
+    s = sub.add_parser(
+        "release", help="train one configuration on every patient with its CV epochs and operating point", allow_abbrev=False
+    )
+    common(s)
+    train_opts(s)
+    s.add_argument("--out", type=Path, required=True, help="work folder (caches, checkpoints, model/)")
+    s.add_argument("--cv", type=Path, required=True, help="the configuration's fold JSONs (e.g. results/cv/hires)")
+    s.add_argument("--install", action="store_true", help="copy the bundle into the package as the shipped default")
+    s.set_defaults(func=cmd_release)
 
     s = sub.add_parser("run", help="index → preprocess → train both stages → evaluate → figures", allow_abbrev=False)
     common(s, data_required=False)

@@ -182,4 +182,21 @@ def markdown(summary: dict[str, dict[str, Any]]) -> str:
             )
             + f" | {s['train_minutes_mean']:.1f} |"
         )
+    keys = ("recall", "precision", "dice_global", "iou_global", "scan_sensitivity", "scan_specificity")
+    boot = {n: s["bootstrap"] for n, s in summary.items() if s.get("bootstrap")}
+    if boot:
+        lines += [
+            "",
+            "95% bootstrap intervals: the held-out predictions of all folds pooled (each patient predicted once, by "
+            "the fold that did not train on it), patients resampled with replacement:",
+            "",
+            "| configuration | patients | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+            "|" + "---|" * (len(keys) + 2),
+        ]
+        for name, b in boot.items():
+            cells = [
+                "n/a" if b[k]["estimate"] is None else f"{b[k]['estimate']:.3f} [{b[k]['ci'][0]:.3f}, {b[k]['ci'][1]:.3f}]"
+                for k in keys
+            ]
+            lines.append(f"| {name} | {b['patients']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
