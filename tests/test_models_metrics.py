@@ -160,3 +160,30 @@ def test_unet_batch_norm_option() -> None:
     model = build_model(UNetConfig(input_size_px=32, base_filters=4, depth=2, batch_norm=True))
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 2 * (2 + 1 + 2)
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 1, 32, 32)
+
+
+def test_operating_point_grid_and_policies_on_a_hand_computed_table() -> None:
+    from ichseg.evaluate.operating_point import ThresholdStats, f_beta, grid_rows, select_row
+
+    # 3 slices × 2 thresholds: predicted areas and overlaps with the truth (px)
+    stats = ThresholdStats(
+        thresholds=(0.3, 0.7),
+        areas=np.array([[50, 30], [20, 0], [100, 5]]),
+        inter=np.array([[40, 30], [0, 0], [0, 0]]),
+        true_areas=np.array([40, 0, 0]),
+    )
+    labels = np.array([1, 0, 0])
+    gate = np.array([True, True, False])  # slice 2 never reaches the U-Net
+    rows = {(r["mask_threshold"], r["min_area_px"]): r for r in grid_rows(stats, gate, labels, (1, 25), ["a", "a", "b"])}
+    r = rows[(0.3, 1)]  # slice 0 TP (50 px), slice 1 FP (20 px), slice 2 gated out
+    assert (r["tp"], r["fp"], r["fn"], r["tn"]) == (1, 1, 0, 1)
+    assert r["dice"] == 2 * 40 / (70 + 40)
+    assert (r["scan_sensitivity"], r["scan_specificity"]) == (1.0, 1.0)  # patient b (normal) stays negative
+    r = rows[(0.3, 25)]  # the 20 px speck on slice 1 is dropped
+    assert (r["tp"], r["fp"]) == (1, 0) and r["dice"] == 2 * 40 / (50 + 40)
+    r = rows[(0.7, 25)]
+    assert (r["tp"], r["fp"]) == (1, 0) and r["dice"] == 2 * 30 / (30 + 40) and r["iou"] == 30 / 40
+    assert f_beta(1, 1, 0, 2.0) == 5 / 6
+    # F2 + Dice: (0.3, 1) 5/6 + 8/11; (0.3, 25) 1 + 8/9 (best); (0.7, *) 1 + 6/7
+    assert select_row(list(rows.values()), "f2_dice") is rows[(0.3, 25)]
+    assert select_row(list(rows.values()), "recall90_dice") is rows[(0.3, 25)]

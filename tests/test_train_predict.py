@@ -15,7 +15,7 @@ from conftest import SMALL_PX
 from ichseg.cli import main
 from ichseg.config import ClassifierConfig, PipelineConfig, RunConfig, TrainConfig, UNetConfig, save_json, to_dict
 from ichseg.crossval import rows_of
-from ichseg.evaluate.operating_point import MASK_THRESHOLDS
+from ichseg.evaluate.operating_point import MASK_THRESHOLDS, MIN_AREAS_PX_512
 from ichseg.infer.pipeline import load_bundle
 from ichseg.infer.predict import find_inputs
 from ichseg.train.sampling import epoch_indices
@@ -249,6 +249,14 @@ def test_cv_fold_json_and_table(tiny_data: Path, tmp_path: Path, capsys: pytest.
     table = capsys.readouterr().out
     assert "| tiny | 2/2 |" in table
     assert "| tiny (no tta) | 2/2 |" in table
+    assert "95% bootstrap intervals" in table
+    for policy in ("f2_dice", "recall90_dice"):  # policies re-chosen from the stored grids, no retraining
+        assert f"| tiny | {policy} | 2 |" in table
+    grid = rows_of(folds[0]["operating_grid"]["held_out"])
+    assert len(grid) == len(MASK_THRESHOLDS) * len(MIN_AREAS_PX_512)
+    tuned = folds[0]["metrics"]["operating_point"]
+    row = next(r for r in grid if (r["mask_threshold"], r["min_area_px"]) == (tuned["mask_threshold"], tuned["min_area_px"]))
+    assert (row["tp"], row["fp"]) == (folds[0]["metrics"]["slice"]["tp"], folds[0]["metrics"]["slice"]["fp"])
 
     # the release: every patient, the folds' median epochs and operating point, no validation
     from ichseg.release import BUNDLE_FILES, cv_choices, install, train_release

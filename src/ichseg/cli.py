@@ -265,9 +265,13 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_cv_table(args: argparse.Namespace) -> int:
-    from ichseg.crossval import markdown, summarize
+    from ichseg.crossval import markdown, policy_table, summarize
 
     print(markdown(summarize(Path(args.results))), end="")
+    policies = policy_table(Path(args.results))
+    if policies.count("\n") > 2:
+        print("\nOperating-point policies (each fold chooses on its inner validation patients; held-out metrics):\n")
+        print(policies, end="")
     return 0
 
 

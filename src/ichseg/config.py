@@ -51,6 +51,7 @@ class ClassifierConfig:
     input_size_px: int = 256
     base_filters: int = 16
     blocks: int = 5
+    convs_per_block: int = 1  # 2 makes a VGG-style block: twice the depth for a few more ms per slice
     windows: tuple[str, ...] = ("brain",)
     context_slices: int = 0
     # Outputs, hemorrhage first; the others (subtypes, fracture) are extra heads whose
@@ -102,6 +103,7 @@ class PipelineConfig:
     # If set, the bundle step chooses mask_threshold and min_area_px on the validation
     # patients (see ichseg.evaluate.operating_point) instead of using the values above.
     tune_operating_point: bool = False
+    operating_policy: str = "f2_dice"  # how tuning picks the point (ichseg.evaluate.operating_point.POLICIES)
     tta_flip: bool = False  # average the U-Net's output over the slice and its left-right mirror
 
 

@@ -61,7 +61,13 @@ def run_fold(
         train_stage(prep, which, resume=resume, progress=progress)
     bundle = load_bundle(bundle_stage(work, config, prep=prep))
     val = ensure_caches(bundle, select(prep.records, outer["val"]), cache_root, skip_bad=skip_bad)
-    ev = evaluate_records(bundle, val, cache_root, progress=progress, alternatives=ablation_variants(config, bundle.pipeline))
+    tuned = config.pipeline.tune_operating_point
+    ev = evaluate_records(
+        bundle, val, cache_root, progress=progress, alternatives=ablation_variants(config, bundle.pipeline), operating_grid=tuned
+    )
+    grids = {}
+    if tuned:
+        grids = {"inner_val": bundle.meta["calibration"]["grid"], "held_out": ev.metrics.pop("operating_grid")}
     body: dict[str, Any] = {
         "name": name,
         "fold": fold,
@@ -77,6 +83,8 @@ def run_fold(
         "metrics": {k: v for k, v in ev.metrics.items() if k not in ("definitions", "paper")},
         "per_slice": columns(ev.per_slice),
     }
+    if grids:  # lets operating-point policies be compared without retraining (policy_table)
+        body["operating_grid"] = {k: columns(v) for k, v in grids.items()}
     out = Path(results_dir) / name / f"fold{fold}.json"
     atomic_write_text(out, json.dumps(body, indent=1) + "\n")
     log.info("fold %d of %s -> %s", fold, name, out)
@@ -199,4 +207,41 @@ def markdown(summary: dict[str, dict[str, Any]]) -> str:
                 for k in keys
             ]
             lines.append(f"| {name} | {b['patients']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def policy_table(results_dir: Path, policies: tuple[str, ...] | None = None) -> str:
+    """Operating-point policies compared on the held-out folds without retraining: each fold
+    picks its point on its inner validation grid; the table reports the held-out metrics
+    at that point (mean ± sd over folds). Needs folds written with ``operating_grid``."""
+    from ichseg.evaluate.operating_point import POLICIES, select_row
+
+    policies = policies or POLICIES
+    keys = ("recall", "precision", "dice", "iou", "scan_sensitivity", "scan_specificity")
+    lines = [
+        "| configuration | policy | folds | slice recall | slice precision | Dice (global) | IoU (global) | scan sensitivity | "
+        "scan specificity | chosen (threshold, min area) per fold |",
+        "|" + "---|" * 10,
+    ]
+    for cfg_dir in sorted(p for p in Path(results_dir).iterdir() if p.is_dir()):
+        folds = [json.loads(f.read_text()) for f in sorted(cfg_dir.glob("fold*.json"))]
+        folds = [f for f in folds if "operating_grid" in f]
+        if not folds:
+            continue
+        for policy in policies:
+            vals, chosen = [], []
+            for f in folds:
+                pick = select_row(rows_of(f["operating_grid"]["inner_val"]), policy)
+                held = next(
+                    r
+                    for r in rows_of(f["operating_grid"]["held_out"])
+                    if r["mask_threshold"] == pick["mask_threshold"] and r["min_area_px"] == pick["min_area_px"]
+                )
+                vals.append(held)
+                chosen.append(f"({pick['mask_threshold']:g}, {pick['min_area_px']})")
+            cells = []
+            for k in keys:
+                xs = np.array([v[k] for v in vals if v[k] is not None], float)
+                cells.append(f"{xs.mean():.3f} ± {xs.std(ddof=1):.3f}" if len(xs) > 1 else (f"{xs[0]:.3f}" if len(xs) else "n/a"))
+            lines.append(f"| {cfg_dir.name} | {policy} | {len(folds)} | " + " | ".join(cells) + f" | {' '.join(chosen)} |")
     return "\n".join(lines) + "\n"

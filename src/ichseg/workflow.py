@@ -249,7 +249,7 @@ def tune_operating_point(
         (segment(unet, x.images[i : i + chunk], pipeline.eval_size_px, tta_flip=pipeline.tta_flip), truth.masks[i : i + chunk])
         for i in range(0, len(x.images), chunk)
     )
-    th, area, rows = choose_operating_point(threshold_stats(chunks), gate_pass, x.labels)
+    th, area, rows = choose_operating_point(threshold_stats(chunks), gate_pass, x.labels, policy=pipeline.operating_policy)
     log.info("operating point: mask threshold %.2f, min area %d px (on %d validation slices)", th, area, len(x.images))
     return with_operating_point(pipeline, th, area), rows
 

@@ -670,6 +670,36 @@ def make_lesion_slice(size_px: int = 650, seed: int = 0) -> tuple[np.ndarray, np
     return brain, mask
 
 
+def write_lesion_study(
+    patient_dir: Path, size_px: int = 650, seed: int = 0, n_slices: int = 3, area_px: float = 3500.0
+) -> list[np.ndarray]:
+    """Write ``patient_dir/{brain,bone}/<n>.jpg`` for ``n_slices`` adjacent slices of one
+    head with the same obvious intraparenchymal bleed on every slice; returns the masks.
+
+    The study form of :func:`make_lesion_slice`, for models that read the bone window or
+    neighbouring slices (2.5D) as well as the brain window.
+    """
+    rng = np.random.default_rng(seed)
+    head = HeadGeometry(shape_seed=seed)
+    bleed = Bleed(
+        kind=INTRAPARENCHYMAL,
+        theta=float(rng.uniform(-np.pi, np.pi)),
+        rho=0.4,
+        area_px=area_px,
+        shape_seed=int(rng.integers(0, 2**31 - 1)),
+    )
+    masks = []
+    for dirname in ("brain", "bone"):
+        (Path(patient_dir) / dirname).mkdir(parents=True, exist_ok=True)
+    for k in range(n_slices):
+        pos = 0.5 + 0.02 * (k - (n_slices - 1) / 2)
+        brain, bone, mask = render_slice(rng, size_px, slice_pos=pos, head=head, bleeds=(bleed,))
+        (Path(patient_dir) / "brain" / f"{k + 1}.jpg").write_bytes(_encode_jpeg(brain))
+        (Path(patient_dir) / "bone" / f"{k + 1}.jpg").write_bytes(_encode_jpeg(bone))
+        masks.append(mask)
+    return masks
+
+
 # --------------------------------------------------------------------------- planning
 
 # Relative frequency of subtypes and median peak lesion area (px at 650 px).

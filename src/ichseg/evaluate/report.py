@@ -91,12 +91,18 @@ def evaluate_records(
     chunk: int = 64,
     progress: bool = False,
     alternatives: dict[str, PipelineConfig] | None = None,
+    operating_grid: bool = False,
 ) -> Evaluation:
     """Run both stages on every record and compute all variants' metrics.
 
     ``alternatives`` are other pipeline settings (operating point, TTA) scored on the same
     slices from the same models, under ``metrics["alternatives"][name]``: ablations that
-    cost one more inference pass at most, not a retraining."""
+    cost one more inference pass at most, not a retraining. ``operating_grid`` adds the
+    pipeline's metrics at every (mask threshold, min area) of the tuning grid under
+    ``metrics["operating_grid"]``, from the same probabilities."""
+    from ichseg.evaluate.operating_point import ThresholdStats, grid_rows, threshold_stats
+
+    grid_parts: list[ThresholdStats] = []
     alternatives = alternatives or {}
     alt_probs_needed = {a.tta_flip for a in alternatives.values()} - {bundle.pipeline.tta_flip}
     alt_acc = {k: M.PixelAccumulator() for k in alternatives}
@@ -129,6 +135,8 @@ def evaluate_records(
         true_areas[sl] = truth.reshape(len(part), -1).sum(1)
         gated = pipeline_verdict(cls_prob[sl], areas[sl] > 0, cfg)
         pipe_masks = masks & gated[:, None, None]
+        if operating_grid:
+            grid_parts.append(threshold_stats([(probs, truth)]))
         other = {t: segment(bundle.unet, unet_in[sl], ev, tta_flip=t) for t in alt_probs_needed}
         for name, alt in alternatives.items():
             m = masks_from_probs(other.get(alt.tta_flip, probs), alt)
@@ -190,6 +198,16 @@ def evaluate_records(
         for k, r in enumerate(records)
     ]
     metrics["bootstrap"] = bootstrap_ci(per_slice)
+    if grid_parts:
+        stats = ThresholdStats(
+            grid_parts[0].thresholds,
+            np.concatenate([g.areas for g in grid_parts]),
+            np.concatenate([g.inter for g in grid_parts]),
+            np.concatenate([g.true_areas for g in grid_parts]),
+        )
+        metrics["operating_grid"] = grid_rows(
+            stats, cls_prob >= cfg.classifier_threshold, truth_slice, patient_ids=[r.patient_id for r in records]
+        )
     if alternatives:
         pids = [r.patient_id for r in records]
         metrics["alternatives"] = {}

@@ -20,5 +20,5 @@ def build_model(config: UNetConfig | ClassifierConfig) -> nn.Module:
     if isinstance(config, ClassifierConfig):
         if not config.heads or config.heads[0] != "hemorrhage":
             raise ValueError(f"classifier heads must start with 'hemorrhage', got {config.heads}")
-        return SliceClassifier(config.in_channels, config.base_filters, config.blocks, len(config.heads))
+        return SliceClassifier(config.in_channels, config.base_filters, config.blocks, len(config.heads), config.convs_per_block)
     raise TypeError(f"no model for {type(config).__name__}")

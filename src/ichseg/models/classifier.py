@@ -8,24 +8,23 @@ from torch import nn
 
 
 class SliceClassifier(nn.Module):
-    """``blocks`` × (3×3 conv, batch-norm, ReLU, 2×2 max-pool), global average and max
-    pooling, one linear layer. Max pooling keeps a small bright bleed from being averaged
+    """``blocks`` × (``convs_per_block`` × (3×3 conv, batch-norm, ReLU), 2×2 max-pool),
+    global average and max pooling, one linear layer. Max pooling keeps a small bright bleed from being averaged
     away over a mostly normal slice. Returns ``outputs`` logits per slice (hemorrhage
     first, then any subtype or fracture heads)."""
 
-    def __init__(self, in_channels: int = 1, base_filters: int = 16, blocks: int = 5, outputs: int = 1) -> None:
+    def __init__(
+        self, in_channels: int = 1, base_filters: int = 16, blocks: int = 5, outputs: int = 1, convs_per_block: int = 1
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         ch = in_channels
         for i in range(blocks):
             out = base_filters * 2 ** min(i, 3)
-            layers += [
-                nn.Conv2d(ch, out, kernel_size=3, padding=1, bias=False),
-                nn.BatchNorm2d(out),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(2),
-            ]
-            ch = out
+            for _ in range(convs_per_block):
+                layers += [nn.Conv2d(ch, out, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+                ch = out
+            layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(2 * ch, outputs)
 

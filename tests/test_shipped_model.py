@@ -1,0 +1,97 @@
+"""The model shipped inside the package: present, loadable offline, deterministic, finds an
+obvious bleed, and is what ``evaluate`` and ``predict`` use when no model is named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REAL_DATA, SMALL_PX
+from ichseg.cli import main
+from ichseg.config import ALL_HEADS
+from ichseg.data.synthetic import write_lesion_study
+from ichseg.infer.pipeline import classify, load_bundle, segment
+from ichseg.release import BUNDLE_FILES, PACKAGED_MODEL, default_model_dir
+
+MAX_MB = 25
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle(default_model_dir())
+
+
+def test_shipped_bundle_is_complete_small_and_credited() -> None:
+    assert all((PACKAGED_MODEL / n).exists() for n in BUNDLE_FILES)
+    weights_mb = sum(p.stat().st_size for p in PACKAGED_MODEL.glob("*.safetensors")) / 2**20
+    assert weights_mb <= MAX_MB
+    body = json.loads((PACKAGED_MODEL / "pipeline.json").read_text())
+    assert len(body["trained_on"]["patients"]) == 66
+    for stage in ("unet", "classifier"):
+        assert "CT-ICH" in json.loads((PACKAGED_MODEL / f"{stage}.json").read_text())["meta"]["dataset_credit"]
+
+
+def test_shipped_model_is_deterministic(bundle) -> None:
+    rng = np.random.default_rng(0)
+    c = bundle.classifier_config
+    u = bundle.unet_config
+    x_c = rng.integers(0, 256, (2, c.in_channels, c.input_size_px, c.input_size_px), dtype=np.uint8)
+    x_u = rng.integers(0, 256, (2, u.in_channels, u.input_size_px, u.input_size_px), dtype=np.uint8)
+    assert np.array_equal(classify(bundle.classifier, x_c), classify(bundle.classifier, x_c))
+    tta = bundle.pipeline.tta_flip
+    assert np.array_equal(segment(bundle.unet, x_u, 64, tta_flip=tta), segment(bundle.unet, x_u, 64, tta_flip=tta))
+
+
+def test_shipped_model_finds_an_obvious_bleed(tmp_path: Path) -> None:
+    truth = write_lesion_study(tmp_path / "patient", seed=0, n_slices=3)
+    for run in ("a", "b"):  # through the CLI with no --model: the shipped model is the default
+        assert main(["predict", str(tmp_path / "patient"), "--out", str(tmp_path / run), "--no-overlays"]) == 0
+    a, b = (json.loads((tmp_path / r / "predictions.json").read_text()) for r in ("a", "b"))
+    assert a["slices_detail"] == b["slices_detail"]
+    assert Path(a["model"]).resolve() == PACKAGED_MODEL.resolve()
+    rows = a["slices_detail"]
+    mid = next(r for r in rows if str(r["slice"]) == "2")
+    assert mid["hemorrhage"] == 1
+    import cv2
+
+    pred = cv2.imread(str(tmp_path / "a" / "masks" / "2_mask.png"), cv2.IMREAD_GRAYSCALE) > 127
+    dice = 2 * (pred & truth[1]).sum() / (pred.sum() + truth[1].sum())
+    assert dice > 0.3, f"Dice {dice:.2f} with the generated bleed"
+
+
+def test_evaluate_defaults_to_shipped_model_and_counts_add_up(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--data", str(tiny_data), "--out", str(out), "--image-size", str(SMALL_PX), "--no-progress"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert Path(m["model"]).resolve() == PACKAGED_MODEL.resolve()
+    s, sc = m["slice"], m["scan"]
+    assert s["tp"] + s["tn"] + s["fp"] + s["fn"] == m["slices"] == 5 * 8
+    assert sc["tp"] + sc["tn"] + sc["fp"] + sc["fn"] == m["patients"] == 5
+    assert set(sc) == {"tp", "tn", "fp", "fn", "sensitivity", "specificity"}
+    assert set(m["subtype_auc"]) == {*ALL_HEADS[1:]}
+    for key in ("recall", "precision"):
+        assert s[key] is None or 0 <= s[key] <= 1
+    for key in ("dice_global", "iou_global"):
+        assert key in m["pixel"]
+    assert m["patients_seen_in_training"] == []  # generated patients are not CT-ICH's
+    for fig in ("confusion_matrix.png", "examples_unseen.png"):
+        assert (out / fig).exists()
+
+
+@pytest.mark.skipif(not REAL_DATA.exists(), reason="needs ../shared/ct-ich")
+def test_shipped_model_calls_a_real_bleeding_study_positive(tmp_path: Path) -> None:
+    # a sanity check, not a metric: the shipped model was trained on every CT-ICH patient here
+    import csv
+
+    with open(REAL_DATA / "hemorrhage_diagnosis.csv", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["PatientNumber"]] = counts.get(r["PatientNumber"], 0) + (r["No_Hemorrhage"] == "0")
+    pid = max(counts, key=counts.get)
+    folder = next(p for p in (REAL_DATA / "Patients_CT").iterdir() if int(p.name) == int(pid))
+    assert main(["predict", str(folder), "--out", str(tmp_path / "pred"), "--no-overlays"]) == 0
+    assert json.loads((tmp_path / "pred" / "predictions.json").read_text())["study_hemorrhage"] == 1
