@@ -37,3 +37,29 @@ def test_no_augmentation_configured() -> None:
     images, masks = _batch()
     _, m = augment_batch(aug, images, masks, [1])
     assert np.array_equal(m, masks)  # intensity changes never touch the mask
+
+
+def test_cosine_learning_rate_decays_from_the_base_to_zero() -> None:
+    from ichseg.config import TrainConfig
+    from ichseg.train.loop import learning_rate_at
+
+    cfg = TrainConfig(learning_rate=1e-3, lr_schedule="cosine")
+    assert learning_rate_at(cfg, 0, 100) == 1e-3
+    assert abs(learning_rate_at(cfg, 50, 100) - 5e-4) < 1e-12
+    assert learning_rate_at(cfg, 100, 100) < 1e-12
+    assert learning_rate_at(TrainConfig(learning_rate=1e-3), 50, 100) == 1e-3
+
+
+def test_crops_follow_the_blood_and_keep_shapes() -> None:
+    from ichseg.train.augment import crop_batch
+
+    images = np.zeros((2, 3, 64, 64), np.uint8)
+    images[:, 0, 8:56, 8:56] = 100  # the "head"
+    masks = np.zeros((2, 64, 64), bool)
+    masks[0, 50:54, 50:54] = True  # a bleed near one corner; slice 1 is normal
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ci, cm = crop_batch(images, masks, 32, rng)
+        assert ci.shape == (2, 3, 32, 32) and cm.shape == (2, 32, 32)
+        assert cm[0].sum() > 0  # the crop of a bleeding slice shows (part of) the bleed
+        assert ci[1, 0].max() == 100  # the crop of a normal slice is inside the head

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +205,8 @@ def train_model(
             loss = loss_fn(out, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(config, state["global_step"], config.epochs * steps_per_epoch)
             optimizer.step()
             rs = state["run_sums"]
             rs[0] += loss.item() * len(idx)
@@ -278,6 +281,15 @@ def train_model(
     return TrainResult(
         state["best_score"], state["best_epoch"], state["epoch"], state["seconds"], state["history"], stopped_early
     )
+
+
+def learning_rate_at(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) under ``config.lr_schedule``."""
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    if config.lr_schedule == "cosine":
+        return config.learning_rate * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r} (constant or cosine)")
 
 
 def write_history(history: list[dict[str, float]], path: Path) -> None:
