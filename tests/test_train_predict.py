@@ -267,7 +267,9 @@ def test_cv_fold_json_and_table(tiny_data: Path, tmp_path: Path, capsys: pytest.
     assert body["pipeline"]["mask_threshold"] == choices["mask_threshold"]
     assert not body["pipeline"]["tune_operating_point"]
     assert body["trained_on"]["patients"] == sorted(p.name for p in (tiny_data / "Patients_CT").iterdir())
+    assert body["training"]["unet"]["epochs_run"] == choices["epochs"]["unet"]
     dest = install(bundle, tmp_path / "installed")
+    assert (dest / "unet_history.csv").exists()
     assert all((dest / n).exists() for n in BUNDLE_FILES)
     assert load_bundle(dest).pipeline.classifier_threshold == choices["classifier_threshold"]
     # evaluating on the training patients is flagged, not passed off as a test result
@@ -288,8 +290,10 @@ def test_cv_fold_json_and_table(tiny_data: Path, tmp_path: Path, capsys: pytest.
         )
         == 0
     )
-    seen = json.loads((tmp_path / "ev" / "metrics.json").read_text())["patients_seen_in_training"]
-    assert len(seen) == len(body["trained_on"]["patients"])
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert len(m["patients_seen_in_training"]) == len(body["trained_on"]["patients"])
+    assert m["training"]["unet"]["epochs_run"] == choices["epochs"]["unet"]
+    assert (tmp_path / "ev" / "dice_per_epoch.png").exists()
 
 
 def test_two_windows_and_neighbour_context_end_to_end(tiny_data: Path, tmp_path: Path) -> None:

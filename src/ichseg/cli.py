@@ -120,7 +120,7 @@ def _evaluate(
         )
     from ichseg.workflow import hardware, training_summary
 
-    if summary := training_summary(model_dir.parent):
+    if summary := training_summary(model_dir.parent) or bundle.meta.get("training"):
         ev.metrics["training"] = summary
     ev.metrics["hardware"] = hardware()
     write_report(ev, out)
@@ -129,8 +129,11 @@ def _evaluate(
     if sp and train_examples:
         tr = ensure_caches(bundle, select(records, sp["train"]), cache_root, skip_bad=skip_bad)
         example_figure(bundle, tr, cache_root, out / "examples_training.png", "U-Net on training slices")
-    hist = model_dir.parent / "train" / "unet" / "history.csv"
-    if hist.exists():
+    # the training history beside a work folder's bundle, or shipped inside a released one
+    hist = next(
+        (h for h in (model_dir.parent / "train" / "unet" / "history.csv", model_dir / "unet_history.csv") if h.exists()), None
+    )
+    if hist is not None:
         from ichseg.evaluate.figures import plot_dice_history
         from ichseg.train.loop import read_history
 

@@ -86,7 +86,7 @@ def train_release(
     expected_size_px: int | None = 650,
 ) -> Path:
     """Train both stages on every patient of ``data_dir``; returns the bundle folder."""
-    from ichseg.workflow import bundle_stage, index_stage, prepare, train_stage
+    from ichseg.workflow import bundle_stage, hardware, index_stage, prepare, train_stage, training_summary
 
     choices = cv_choices(fold_dir)
     cfg = release_config(config, choices)
@@ -107,8 +107,12 @@ def train_release(
     body = json.loads((out / "pipeline.json").read_text())
     body["calibration"] = {"on": "cross-validation folds (median of their inner-validation choices)", **choices}
     body["trained_on"] = {"patients": everyone, "slices": len(prep.records), "data_checksum": prep.data_checksum}
+    body["training"] = training_summary(work_dir)
+    body["hardware"] = hardware()
     save_json(body, out / "pipeline.json")
     save_json(to_dict(cfg), out / "config.json")
+    for which in ("classifier", "unet"):  # kept with the weights: the Dice-per-epoch figure of `evaluate`
+        shutil.copyfile(Path(work_dir) / "train" / which / "history.csv", out / f"{which}_history.csv")
     return out
 
 
@@ -116,7 +120,8 @@ def install(bundle_dir: Path, dest: Path = PACKAGED_MODEL) -> Path:
     """Copy a bundle into the package (file by file through temp names, so an interrupted
     copy never leaves a mixed bundle under the final names)."""
     dest.mkdir(parents=True, exist_ok=True)
-    names = [n for n in (*BUNDLE_FILES, "config.json") if (Path(bundle_dir) / n).exists()]
+    extras = ("config.json", "classifier_history.csv", "unet_history.csv")
+    names = [n for n in (*BUNDLE_FILES, *extras) if (Path(bundle_dir) / n).exists()]
     missing = set(BUNDLE_FILES) - set(names)
     if missing:
         raise FileNotFoundError(f"{bundle_dir}: missing {sorted(missing)}")
