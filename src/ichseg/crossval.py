@@ -147,6 +147,7 @@ def summarize(results_dir: Path) -> dict[str, dict[str, Any]]:
             "bootstrap": bootstrap_ci(rows),
             "train_minutes_mean": float(np.mean(minutes)),
             "slices": len(rows),
+            "subtype_auc": _subtype_auc(folds),
         }
         # inference-time ablations stored in every fold: same models, other settings
         alts = set.intersection(*(set(f["metrics"].get("alternatives", {})) for f in folds))
@@ -157,6 +158,20 @@ def summarize(results_dir: Path) -> dict[str, dict[str, Any]]:
                 "stats": _mean_sd(avals),
                 "bootstrap": None,
             }
+    return out
+
+
+def _subtype_auc(folds: list[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:
+    """Per head: mean and sd of the per-fold slice AUC over the folds where it is defined
+    (a fold without, say, intraventricular slices has no AUC for it)."""
+    out = {}
+    for head in folds[0]["metrics"].get("subtype_auc", {}):
+        xs = np.array([f["metrics"]["subtype_auc"][head] for f in folds if f["metrics"]["subtype_auc"].get(head) is not None])
+        out[head] = {
+            "mean": float(xs.mean()) if len(xs) else None,
+            "sd": float(xs.std(ddof=1)) if len(xs) > 1 else None,
+            "folds": len(xs),
+        }
     return out
 
 
@@ -207,6 +222,27 @@ def markdown(summary: dict[str, dict[str, Any]]) -> str:
                 for k in keys
             ]
             lines.append(f"| {name} | {b['patients']} | " + " | ".join(cells) + " |")
+    with_auc = {n: s["subtype_auc"] for n, s in summary.items() if s.get("subtype_auc") and s.get("bootstrap")}
+    if with_auc:
+        heads = list(next(iter(with_auc.values())))
+        lines += [
+            "",
+            "Per-slice ROC AUC of the classifier's subtype and fracture heads (mean ± sd over the folds where the "
+            "held-out patients have both classes; that number of folds in brackets):",
+            "",
+            "| configuration | " + " | ".join(heads) + " |",
+            "|" + "---|" * (len(heads) + 1),
+        ]
+        for name, auc in with_auc.items():
+            cells = [
+                "n/a"
+                if auc[h]["mean"] is None
+                else f"{auc[h]['mean']:.3f}"
+                + (f" ± {auc[h]['sd']:.3f}" if auc[h]["sd"] is not None else "")
+                + f" ({auc[h]['folds']})"
+                for h in heads
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
