@@ -345,3 +345,30 @@ def test_bundle_calibrates_gate_on_validation(tiny_data: Path, tmp_path: Path) -
     assert body["pipeline"]["classifier_threshold"] == body["calibration"]["classifier_threshold"]
     b = load_bundle(tmp_path / "w" / "model")
     assert b.pipeline.classifier_threshold == body["calibration"]["classifier_threshold"]
+
+
+def test_onnx_export_matches_pytorch_and_refuses_stale_graphs(trained: Path, tiny_data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    patient = sorted((tiny_data / "Patients_CT").iterdir())[0]
+    with pytest.raises(FileNotFoundError, match="export"):
+        load_bundle(trained, runtime="onnx")
+    assert load_bundle(trained, runtime="auto").meta["runtime"] == "torch"  # nothing exported yet
+    assert main(["export", "--onnx", "--model", str(trained)]) == 0
+    assert load_bundle(trained, runtime="auto").meta["runtime"] == "onnx"
+    runs = {}
+    for rt in ("torch", "onnx"):
+        out = tmp_path / rt
+        assert main(["predict", str(patient), "--model", str(trained), "--out", str(out), "--runtime", rt, "--no-overlays"]) == 0
+        runs[rt] = json.loads((out / "predictions.json").read_text())["slices_detail"]
+    for a, b in zip(runs["torch"], runs["onnx"], strict=True):
+        assert abs(a["classifier_probability"] - b["classifier_probability"]) <= 1e-4
+        assert abs(a["unet_max_probability"] - b["unet_max_probability"]) <= 1e-4
+    # new weights make the exported graphs stale: "onnx" refuses, "auto" falls back to PyTorch
+    from safetensors.torch import load_file as lf
+    from safetensors.torch import save_file
+
+    w = lf(str(trained / "unet.safetensors"))
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in w.items()}, str(trained / "unet.safetensors"))
+    with pytest.raises(FileNotFoundError):
+        load_bundle(trained, runtime="onnx")
+    assert load_bundle(trained, runtime="auto").meta["runtime"] == "torch"

@@ -181,12 +181,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ichseg.infer.pipeline import load_bundle
     from ichseg.infer.predict import predict_path
 
-    bundle = load_bundle(_model_dir(args))
+    bundle = load_bundle(_model_dir(args), runtime=args.runtime)
     t0 = time.perf_counter()
     rows = predict_path(bundle, Path(args.path), Path(args.out), write_overlays=not args.no_overlays)
     pos = [r["slice"] for r in rows if r["hemorrhage"]]
     print(f"{len(rows)} slice(s) in {time.perf_counter() - t0:.1f} s; hemorrhage on {len(pos)}: {', '.join(pos) or 'none'}")
     print(f"masks, overlays, predictions.csv/json -> {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ichseg.infer.onnx_runtime import export_onnx
+
+    for path in export_onnx(_model_dir(args)):
+        print(f"exported {path}")
     return 0
 
 
@@ -331,7 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--no-overlays", action="store_true", help="skip overlay PNGs")
+    s.add_argument(
+        "--runtime", choices=("torch", "onnx", "auto"), default="torch", help="inference back end (onnx: after `ichseg export`)"
+    )
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="export a model bundle's networks for another runtime", allow_abbrev=False)
+    s.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
+    s.add_argument("--onnx", action="store_true", required=True, help="write <stage>.onnx beside the safetensors")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("cv", help="k-fold cross-validation by patient; one JSON per fold", allow_abbrev=False)
     common(s)

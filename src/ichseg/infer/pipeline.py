@@ -41,8 +41,12 @@ class Bundle:
         return tuple(sorted(set(self.classifier_config.windows) | set(self.unet_config.windows)))
 
 
-def load_bundle(model_dir: Path) -> Bundle:
-    """Load a bundle folder; errors name the missing or bad file."""
+def load_bundle(model_dir: Path, runtime: str = "torch") -> Bundle:
+    """Load a bundle folder; errors name the missing or bad file.
+
+    ``runtime``: "torch"; "onnx" (ONNX Runtime on graphs made by ``ichseg export --onnx``,
+    an error if they are missing or stale); or "auto" (ONNX when it is installed and the
+    graphs are current, else PyTorch)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: model folder not found")
@@ -53,6 +57,22 @@ def load_bundle(model_dir: Path) -> Bundle:
     unet, ucfg, umeta = load_model(model_dir / "unet")
     body = load_json(model_dir / "pipeline.json")
     assert isinstance(ccfg, ClassifierConfig) and isinstance(ucfg, UNetConfig)
+    if runtime not in ("torch", "onnx", "auto"):
+        raise ValueError(f"unknown runtime {runtime!r} (torch, onnx or auto)")
+    if runtime != "torch":
+        from ichseg.infer.onnx_runtime import OrtModel, onnx_is_current, onnxruntime_available
+
+        usable = onnxruntime_available() and onnx_is_current(model_dir)
+        if runtime == "onnx" and not usable:
+            raise FileNotFoundError(
+                f"{model_dir}: no current ONNX graphs or no onnxruntime (run `ichseg export --onnx --model {model_dir}`)"
+            )
+        if usable:
+            classifier, unet = OrtModel(model_dir / "classifier.onnx"), OrtModel(model_dir / "unet.onnx")
+            runtime = "onnx"
+        else:
+            runtime = "torch"
+    body = {**body, "runtime": runtime}
     return Bundle(
         classifier,
         ccfg,
