@@ -372,3 +372,17 @@ def test_onnx_export_matches_pytorch_and_refuses_stale_graphs(trained: Path, tin
     with pytest.raises(FileNotFoundError):
         load_bundle(trained, runtime="onnx")
     assert load_bundle(trained, runtime="auto").meta["runtime"] == "torch"
+
+
+def test_bench_times_each_path_in_its_own_process(trained: Path, tiny_data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from ichseg.bench import markdown, pick_study, run_bench
+
+    study = pick_study(tiny_data, tmp_path, n_slices=8)
+    report = run_bench(study, tmp_path / "bench", repeats=2, model_dir=trained, paths=("torch", "onnx"), threads=1)
+    for path in ("torch", "onnx"):
+        r = report["results"][path]
+        assert r["slices"] == 8 and len(r["seconds"]) == 2 and r["peak_rss_mb"] > 0
+        assert r["segmenter_gflop_per_slice"] > 0 and r["speedup_vs_baseline"] is None
+    assert not (trained / "unet.onnx").exists()  # exported into a copy, the bundle is untouched
+    assert "| onnx | 8 |" in markdown({"results": {k: {**v, "speedup_vs_baseline": 1.0} for k, v in report["results"].items()}})

@@ -198,6 +198,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ichseg.bench import markdown, pick_study, run_bench
+    from ichseg.config import save_json
+    from ichseg.workflow import hardware
+
+    out = Path(args.out)
+    study = pick_study(args.data, out)
+    report = run_bench(
+        study, out, repeats=args.repeats, baseline_repeats=args.baseline_repeats, model_dir=args.model, threads=args.threads
+    )
+    report["hardware"] = hardware()
+    save_json(report, out / "bench.json")
+    print(f"study: {study}")
+    print(markdown(report), end="")
+    print(f"-> {out / 'bench.json'}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.data is None:
@@ -343,6 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--runtime", choices=("torch", "onnx", "auto"), default="torch", help="inference back end (onnx: after `ichseg export`)"
     )
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("bench", help="time a study end to end: the paper's U-Net vs the shipped pipeline", allow_abbrev=False)
+    s.add_argument("--data", type=Path, default=None, help="CT-ICH folder to take a ~30-slice study from (default: generated)")
+    s.add_argument("--out", type=Path, required=True, help="folder for bench.json and the outputs")
+    s.add_argument("--model", type=Path, default=None, help="model bundle (default: the shipped model)")
+    s.add_argument("--repeats", type=int, default=5, help="timed runs per path")
+    s.add_argument("--baseline-repeats", type=int, default=2, help="timed runs of the (slow) baseline")
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("export", help="export a model bundle's networks for another runtime", allow_abbrev=False)
     s.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")

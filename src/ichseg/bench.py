@@ -1,0 +1,197 @@
+"""``ichseg bench``: seconds per study, end to end, against the paper's U-Net on every slice.
+
+Every path runs in a fresh Python process (``python -m ichseg.bench --worker ...``) so
+that each reports its own cold start (import + model load) and peak memory, and no path
+warms caches for another. All paths process the same study: a ~30-slice patient of
+``../shared/ct-ich`` when given, else a generated one. The paper's baseline uses its
+U-Net (512×512, 32 filters) with random He-initialised weights: the timing does not
+depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+PATHS = ("baseline", "torch", "onnx")
+
+
+def pick_study(data_dir: Path | None, work_dir: Path, n_slices: int = 30) -> Path:
+    """The patient folder whose slice count is closest to ``n_slices`` (ties: lowest ID),
+    or a generated ``n_slices``-slice study in ``work_dir`` when there is no data."""
+    if data_dir is not None and (Path(data_dir) / "Patients_CT").is_dir():
+        folders = sorted(p for p in (Path(data_dir) / "Patients_CT").iterdir() if (p / "brain").is_dir())
+
+        def count(p: Path) -> int:
+            return sum(1 for f in (p / "brain").glob("*.jpg") if "_HGE_Seg" not in f.name)
+
+        return min(folders, key=lambda p: (abs(count(p) - n_slices), p.name))
+    from ichseg.data.synthetic import SyntheticConfig, generate_dataset
+
+    root = Path(work_dir) / "generated-study"
+    if not (root / "Patients_CT").exists():
+        generate_dataset(root, SyntheticConfig(n_patients=1, slices_per_patient=n_slices, hemorrhage_fraction=1.0, seed=7))
+    return next((root / "Patients_CT").iterdir())
+
+
+def flops_per_slice(model, in_channels: int, size_px: int) -> float:
+    """Forward-pass FLOPs of one slice (multiply-add = 2 FLOPs), counted by PyTorch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.eval()(torch.zeros(1, in_channels, size_px, size_px))
+    return float(counter.get_total_flops())
+
+
+def _baseline_once(study: Path, out: Path, model) -> None:
+    """Read every slice, resize to 512, run the paper's U-Net, threshold, write the masks
+    at the source size: what a one-stage 512×512 pipeline does per study."""
+    import cv2
+    import torch
+
+    from ichseg.data.cache import read_grey_u8, resize_image_u8
+    from ichseg.infer.predict import find_inputs
+    from ichseg.io import atomic_write_png
+
+    with torch.inference_mode():
+        for s in find_inputs(study):
+            img = read_grey_u8(s.brain)
+            x = torch.from_numpy(resize_image_u8(img, 512)).float().div_(255)[None, None]
+            prob = torch.sigmoid(model(x))[0, 0].numpy()
+            mask = cv2.resize((prob >= 0.5).astype(np.uint8), img.shape[::-1], interpolation=cv2.INTER_NEAREST)
+            atomic_write_png(out / "masks" / f"{s.name}_mask.png", mask * 255)
+
+
+def worker(path: str, study: Path, out: Path, repeats: int, model_dir: Path | None, threads: int | None) -> dict[str, Any]:
+    """Time one path ``repeats`` times in this (fresh) process; the first call's import and
+    load time is the cold start."""
+    t_start = time.perf_counter()
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    if path == "baseline":
+        from ichseg.config import UNetConfig
+        from ichseg.models import build_model
+
+        torch.manual_seed(0)
+        model = build_model(UNetConfig()).eval()
+        run = lambda o: _baseline_once(study, o, model)  # noqa: E731
+        flops = flops_per_slice(model, 1, 512)
+    else:
+        from ichseg.infer.pipeline import load_bundle
+        from ichseg.infer.predict import predict_path
+        from ichseg.release import default_model_dir
+
+        bundle = load_bundle(model_dir or default_model_dir(), runtime=path)
+        run = lambda o: predict_path(bundle, study, o, write_overlays=True)  # noqa: E731
+        torch_bundle = bundle if path == "torch" else load_bundle(bundle.path)
+        u = torch_bundle.unet_config
+        flops = flops_per_slice(torch_bundle.unet, u.in_channels, u.input_size_px) * (2 if bundle.pipeline.tta_flip else 1)
+    cold = time.perf_counter() - t_start
+    times = []
+    for k in range(repeats):
+        t0 = time.perf_counter()
+        run(out / f"run{k}")
+        times.append(time.perf_counter() - t0)
+    n = sum(1 for _ in (out / "run0" / "masks").glob("*_mask.png"))
+    return {
+        "path": path,
+        "slices": n,
+        "cold_start_s": cold,
+        "seconds": times,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "segmenter_gflop_per_slice": flops / 1e9,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_bench(
+    study: Path,
+    out_dir: Path,
+    *,
+    repeats: int = 5,
+    baseline_repeats: int = 2,
+    model_dir: Path | None = None,
+    paths: tuple[str, ...] = PATHS,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Run each path in its own process and gather the figures (ratios against the baseline).
+
+    The ONNX path needs graphs exported from the bundle's weights; when the bundle has none
+    (the shipped one is exported on demand), a copy is exported under ``out_dir``."""
+    from ichseg.infer.onnx_runtime import export_onnx, onnx_is_current
+    from ichseg.release import default_model_dir
+
+    model_dir = Path(model_dir) if model_dir else default_model_dir()
+    onnx_dir = model_dir
+    if "onnx" in paths and not onnx_is_current(model_dir):
+        import shutil
+
+        onnx_dir = Path(out_dir) / "model-onnx"
+        shutil.copytree(model_dir, onnx_dir, dirs_exist_ok=True)
+        export_onnx(onnx_dir)
+    results = {}
+    for path in paths:
+        cmd = [sys.executable, "-m", "ichseg.bench", "--worker", path, "--study", str(study), "--out", str(out_dir / path)]
+        cmd += ["--repeats", str(baseline_repeats if path == "baseline" else repeats)]
+        if path != "baseline":
+            cmd += ["--model", str(onnx_dir if path == "onnx" else model_dir)]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        log.info("bench: %s", path)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench path {path} failed:\n{proc.stderr[-2000:]}")
+        results[path] = json.loads(proc.stdout.strip().splitlines()[-1])
+    base = results.get("baseline")
+    for r in results.values():
+        r["speedup_vs_baseline"] = base["median_s"] / r["median_s"] if base else None
+    return {"study": str(study), "results": results}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The table ``ichseg bench`` prints."""
+    lines = [
+        "| path | slices | median s/study | min–max s | × vs baseline | cold start s | peak RSS MB | segmenter GFLOP/slice |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"].values():
+        lines.append(
+            f"| {r['path']} | {r['slices']} | {r['median_s']:.2f} | {r['min_s']:.2f}–{r['max_s']:.2f} | "
+            f"{r['speedup_vs_baseline']:.1f} | {r['cold_start_s']:.2f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['segmenter_gflop_per_slice']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _main() -> None:
+    p = argparse.ArgumentParser(prog="python -m ichseg.bench", allow_abbrev=False)
+    p.add_argument("--worker", choices=PATHS, required=True)
+    p.add_argument("--study", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args()
+    print(json.dumps(worker(a.worker, a.study, a.out, a.repeats, a.model, a.threads)))
+
+
+if __name__ == "__main__":
+    _main()
