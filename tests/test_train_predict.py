@@ -386,3 +386,25 @@ def test_bench_times_each_path_in_its_own_process(trained: Path, tiny_data: Path
         assert r["segmenter_gflop_per_slice"] > 0 and r["speedup_vs_baseline"] is None
     assert not (trained / "unet.onnx").exists()  # exported into a copy, the bundle is untouched
     assert "| onnx | 8 |" in markdown({"results": {k: {**v, "speedup_vs_baseline": 1.0} for k, v in report["results"].items()}})
+
+
+def test_batch_predict_streams_studies_and_restarts_where_it_stopped(trained: Path, tiny_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root, out = tiny_data / "Patients_CT", tmp_path / "batch"
+    args = ["predict", str(root), "--model", str(trained), "--out", str(out), "--workers", "2", "--no-progress", "--no-overlays"]
+    assert main(args) == 0
+    studies = sorted(p.name for p in root.iterdir())
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == studies
+    # a kill mid-study leaves only a partial folder; the rerun redoes that study alone
+    shutil.rmtree(out / studies[1])
+    (out / f".partial-{studies[1]}").mkdir()
+    from ichseg.infer.batch import predict_batch
+
+    summary = predict_batch(root, out, trained, workers=1)
+    assert (summary["predicted"], summary["skipped_already_done"], summary["failed"]) == (1, len(studies) - 1, 0)
+    assert not list(out.glob(".partial-*"))
+    table = (out / "studies.csv").read_text().splitlines()
+    assert len(table) == 1 + len(studies) and table[0].startswith("study,slices,positive_slices")
+    n = len([f for f in (root / studies[1] / "brain").iterdir() if "_HGE_Seg" not in f.name])
+    assert len(list((out / studies[1] / "masks").glob("*_mask.png"))) == n

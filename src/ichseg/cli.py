@@ -178,9 +178,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from ichseg.infer.batch import is_batch_root
     from ichseg.infer.pipeline import load_bundle
     from ichseg.infer.predict import predict_path
 
+    if is_batch_root(args.path):
+        return _predict_batch(args)
     bundle = load_bundle(_model_dir(args), runtime=args.runtime)
     t0 = time.perf_counter()
     rows = predict_path(bundle, Path(args.path), Path(args.out), write_overlays=not args.no_overlays)
@@ -188,6 +191,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"{len(rows)} slice(s) in {time.perf_counter() - t0:.1f} s; hemorrhage on {len(pos)}: {', '.join(pos) or 'none'}")
     print(f"masks, overlays, predictions.csv/json -> {args.out}")
     return 0
+
+
+def _predict_batch(args: argparse.Namespace) -> int:
+    """A folder of studies: a worker pool, one line per finished study, restartable."""
+    from ichseg.infer.batch import predict_batch
+
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="study", desc="predict")
+
+    def on_result(row: dict, done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+        status = f"error: {row['error']}" if row["error"] else f"{row['positive_slices']}/{row['slices']} slices positive"
+        (bar.write if bar is not None else print)(f"{row['study']}: {status} ({row['seconds']:.1f} s)")
+
+    summary = predict_batch(
+        args.path,
+        args.out,
+        _model_dir(args),
+        workers=args.workers,
+        runtime=args.runtime,
+        overlays=not args.no_overlays,
+        on_result=on_result,
+    )
+    if bar is not None:
+        bar.close()
+    rate = summary["studies_per_minute"]
+    print(
+        f"{summary['predicted']} studies predicted, {summary['skipped_already_done']} already done, {summary['failed']} failed, "
+        f"in {summary['seconds']:.1f} s"
+        + (f" ({rate:.1f} studies/min)" if rate else "")
+        + f" -> {Path(args.out) / 'studies.csv'}"
+    )
+    return 1 if summary["failed"] else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -353,10 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "predict", help="masks, overlays and verdicts for a slice, a patient folder or a folder of slices", allow_abbrev=False
     )
-    s.add_argument("path", type=Path, help="an image, Patients_CT/<ID>, its brain/ folder, or any folder of slices")
+    s.add_argument(
+        "path",
+        type=Path,
+        help="an image, Patients_CT/<ID>, its brain/ folder, any folder of slices, or a folder of studies (e.g. Patients_CT)",
+    )
     s.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--no-overlays", action="store_true", help="skip overlay PNGs")
+    s.add_argument("--workers", type=int, default=1, help="worker processes for a folder of studies")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument(
         "--runtime", choices=("torch", "onnx", "auto"), default="torch", help="inference back end (onnx: after `ichseg export`)"
     )

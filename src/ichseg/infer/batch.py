@@ -1,0 +1,169 @@
+"""Many studies in one call: a bounded pool of worker processes, results streamed as each
+study finishes, and restartable after a kill.
+
+Each study is written into ``OUT/.partial-<name>/`` and renamed to ``OUT/<name>/`` only
+when all of its files are written, with ``study.json`` last: a folder under its final name
+is complete, and a rerun skips exactly those. ``OUT/studies.csv`` is rebuilt from the
+finished folders at the end, so it never disagrees with them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from ichseg.io import atomic_write, atomic_write_text
+
+log = logging.getLogger(__name__)
+STUDY_FIELDS = ("study", "slices", "positive_slices", "study_hemorrhage", "seconds", "error")
+
+
+def find_studies(root: Path) -> list[Path]:
+    """Sub-folders of ``root`` that are studies (hold a ``brain/`` folder or slice images)."""
+    from ichseg.infer.predict import IMAGE_EXTS
+
+    root = Path(root)
+    out = []
+    for p in sorted(root.iterdir()):
+        if not p.is_dir() or p.name.startswith("."):
+            continue
+        if (p / "brain").is_dir() or any(f.suffix.lower() in IMAGE_EXTS for f in p.iterdir()):
+            out.append(p)
+    return out
+
+
+def is_batch_root(path: Path) -> bool:
+    """A folder with no slice images of its own but study sub-folders."""
+    from ichseg.infer.predict import IMAGE_EXTS
+
+    path = Path(path)
+    if not path.is_dir() or (path / "brain").is_dir() or path.name == "brain":
+        return False
+    if any(f.suffix.lower() in IMAGE_EXTS for f in path.iterdir() if f.is_file()):
+        return False
+    return bool(find_studies(path))
+
+
+_BUNDLE = None
+
+
+def _init_worker(model_dir: str, runtime: str, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    global _BUNDLE
+    from ichseg.infer.pipeline import load_bundle
+
+    _BUNDLE = load_bundle(Path(model_dir), runtime=runtime)
+
+
+def _predict_study(study: str, out_root: str, overlays: bool) -> dict[str, Any]:
+    """Predict one study into a partial folder, then publish it under its final name."""
+    from ichseg.infer.predict import predict_path
+
+    name = Path(study).name
+    final, partial = Path(out_root) / name, Path(out_root) / f".partial-{name}"
+    shutil.rmtree(partial, ignore_errors=True)
+    t0 = time.perf_counter()
+    try:
+        rows = predict_path(_BUNDLE, Path(study), partial, write_overlays=overlays)
+        pos = sum(r["hemorrhage"] for r in rows)
+        row = {"study": name, "slices": len(rows), "positive_slices": pos, "study_hemorrhage": int(pos > 0), "error": ""}
+    except Exception as exc:  # one bad study must not stop the batch; it is reported and retried next run
+        shutil.rmtree(partial, ignore_errors=True)
+        return {"study": name, "slices": 0, "positive_slices": 0, "study_hemorrhage": "", "seconds": 0.0, "error": str(exc)}
+    row["seconds"] = round(time.perf_counter() - t0, 3)
+    atomic_write_text(partial / "study.json", json.dumps(row) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    partial.rename(final)
+    return row
+
+
+def done_rows(out_root: Path) -> dict[str, dict[str, Any]]:
+    """Finished studies under ``out_root`` (those with ``study.json``)."""
+    out = {}
+    for f in sorted(Path(out_root).glob("*/study.json")):
+        row = json.loads(f.read_text())
+        out[row["study"]] = row
+    return out
+
+
+def predict_batch(
+    root: Path,
+    out_root: Path,
+    model_dir: Path,
+    *,
+    workers: int = 1,
+    runtime: str = "torch",
+    overlays: bool = True,
+    on_result: Callable[[dict[str, Any], int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Predict every study under ``root`` not yet finished in ``out_root``.
+
+    ``workers`` processes share the CPU cores (torch threads = cores // workers); at most
+    ``2 × workers`` studies are queued at once, so memory stays bounded however many
+    studies there are. ``on_result(row, done, total)`` is called as each study finishes.
+    """
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    studies = find_studies(root)
+    finished = done_rows(out_root)
+    todo = [s for s in studies if s.name not in finished]
+    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    if todo:
+        # spawn, not fork: a forked copy of a process whose OpenMP threads are running can hang
+        ctx = multiprocessing.get_context("spawn")
+        init = (str(model_dir), runtime, threads)
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
+            for row in _bounded(pool, todo, str(out_root), overlays, 2 * workers):
+                rows.append(row)
+                if row["error"]:
+                    log.error("study %s failed: %s", row["study"], row["error"])
+                if on_result is not None:
+                    on_result(row, len(finished) + len(rows), len(studies))
+    seconds = time.perf_counter() - t0
+    all_rows = list(done_rows(out_root).values()) + [r for r in rows if r["error"]]
+    _write_table(all_rows, out_root / "studies.csv")
+    ok = [r for r in rows if not r["error"]]
+    return {
+        "studies": len(studies),
+        "skipped_already_done": len(finished),
+        "predicted": len(ok),
+        "failed": len(rows) - len(ok),
+        "seconds": seconds,
+        "studies_per_minute": 60 * len(ok) / seconds if ok and seconds else None,
+    }
+
+
+def _bounded(pool: ProcessPoolExecutor, studies: list[Path], out: str, overlays: bool, limit: int) -> Iterator[dict[str, Any]]:
+    pending: set[Future] = set()
+    queue = list(studies)
+    while queue or pending:
+        while queue and len(pending) < limit:
+            pending.add(pool.submit(_predict_study, str(queue.pop(0)), out, overlays))
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for f in done:
+            yield f.result()
+
+
+def _write_table(rows: list[dict[str, Any]], path: Path) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=STUDY_FIELDS, lineterminator="\n", extrasaction="ignore")
+            w.writeheader()
+            w.writerows(sorted(rows, key=lambda r: r["study"]))
+
+    atomic_write(path, write)
