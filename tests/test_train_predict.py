@@ -408,3 +408,31 @@ def test_batch_predict_streams_studies_and_restarts_where_it_stopped(trained: Pa
     assert len(table) == 1 + len(studies) and table[0].startswith("study,slices,positive_slices")
     n = len([f for f in (root / studies[1] / "brain").iterdir() if "_HGE_Seg" not in f.name])
     assert len(list((out / studies[1] / "masks").glob("*_mask.png"))) == n
+
+
+DDP_TOLERANCE = 1e-3  # |1-process − 2-process| on losses and validation Dice after 2 tiny epochs (measured: ~2e-5)
+
+
+def test_torchrun_two_cpu_processes_match_one_process(tiny_data: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = dataclasses.replace(TINY, train_unet=dataclasses.replace(TINY.train_unet, epochs=2, resume_every_steps=0))
+    path = tmp_path / "cfg.json"
+    save_json(to_dict(cfg), path)
+    common = ["train", "--data", str(tiny_data), "--config", str(path), "--stage", "unet", "--image-size", str(SMALL_PX)]
+    common.append("--no-progress")
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "ichseg.cli"]
+    proc = subprocess.run([*launcher, *common, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from ichseg.train.loop import read_history
+
+    one, two = (read_history(tmp_path / w / "train" / "unet" / "history.csv") for w in ("one", "two"))
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two, strict=True):
+        for k in ("train_loss", "val_loss", "val_score"):
+            assert abs(a[k] - b[k]) <= DDP_TOLERANCE, (k, a[k], b[k])
+    assert (tmp_path / "two" / "model" / "unet.safetensors").exists() or (
+        tmp_path / "two" / "train" / "unet" / "best.safetensors"
+    ).exists()

@@ -56,20 +56,36 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, cfg, data: Path, out: Path) -> None:
+    import torch.distributed as dist
+
     from ichseg.workflow import bundle_stage, prepare, train_stage
 
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank > 0:  # under torchrun: process 0 indexes and preprocesses, the others reuse its cache
+        dist.barrier()
     prep = prepare(
-        data, out, cfg, skip_bad=args.skip_bad, progress=not args.no_progress, expected_size_px=args.image_size or None
+        data,
+        out,
+        cfg,
+        skip_bad=args.skip_bad,
+        progress=not args.no_progress and rank == 0,
+        expected_size_px=args.image_size or None,
     )
+    if rank == 0 and dist.is_initialized():
+        dist.barrier()
     stages = ["classifier", "unet"] if args.stage == "both" else [args.stage]
     for which in stages:
         t0 = time.perf_counter()
         res = train_stage(prep, which, resume=args.resume, progress=not args.no_progress)
+        if rank > 0:
+            continue
         print(
             f"{which}: best validation {'Dice' if which == 'unet' else 'ROC AUC'} {res.best_score:.4f} at epoch "
             f"{res.best_epoch}, {res.epochs_run} epochs, {res.seconds:.0f} s"
             f"{' (early stop)' if res.stopped_early else ''} [{time.perf_counter() - t0:.0f} s this call]"
         )
+    if rank > 0:
+        return
     if args.stage == "both" or all((out / "train" / w / "best.json").exists() for w in ("classifier", "unet")):
         print(f"model bundle -> {bundle_stage(out, cfg, prep=prep)}")
 
@@ -456,6 +472,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _init_distributed(args: argparse.Namespace) -> None:
+    """Join the process group when launched by torchrun (it sets WORLD_SIZE, RANK, MASTER_*):
+    CPU processes on gloo. Only ``train`` runs distributed."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    if args.command != "train":
+        raise SystemExit(f"ichseg {args.command} does not run under torchrun; only `ichseg train` does")
+    import torch.distributed as dist
+
+    dist.init_process_group(backend="gloo")  # the training loop runs on CPUs
+    if dist.get_rank() > 0:
+        args.no_progress = True
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -463,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     # the setting): late in training, denormal gradients make backward passes ~5× slower.
     torch.set_flush_denormal(True)
     args = build_parser().parse_args(argv)
+    _init_distributed(args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from ichseg.data.ctich import DatasetError
 

@@ -146,6 +146,7 @@ def train_model(
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     log.info("%s: %s parameters", type(model).__name__, f"{count_parameters(model):,}")
+    rank, world = _world()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     loss_fn = bce_dice_loss() if segmenter else nn.BCEWithLogitsLoss()
     aug = build_augmenter(config)
@@ -166,6 +167,13 @@ def train_model(
     }
     if resume:
         state = load_resume(out_dir, model, optimizer) or state
+    core = model  # the bare network: what is validated and saved
+    if world > 1:
+        if any(0 < b < world for b in (config.batch_size, n_samples % config.batch_size)):
+            raise ValueError(f"every batch needs at least {world} slices to split over {world} processes")
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model)  # averages gradients over processes; same start weights
     stopped_early = state.get("stopped_early", False)
     t_start = time.perf_counter() - state["seconds"]
 
@@ -174,7 +182,7 @@ def train_model(
         order = epoch_indices(train.labels, n_samples, config.positive_fraction, config.seed, epoch)
         t_epoch = time.perf_counter()
         bar = None
-        if progress:
+        if progress and rank == 0:
             from tqdm import tqdm
 
             bar = tqdm(
@@ -201,6 +209,9 @@ def train_model(
                 y = torch.from_numpy(masks).unsqueeze(1).float()
             else:
                 y = torch.from_numpy(train.classifier_targets()[idx]).float()
+            if world > 1:  # every process prepares the whole batch (same augmentation), trains on its share
+                share = np.array_split(np.arange(len(idx)), world)[rank]
+                x, y, idx = x[share], y[share], idx[share]
             out = model(x)
             loss = loss_fn(out, y)
             optimizer.zero_grad(set_to_none=True)
@@ -208,18 +219,16 @@ def train_model(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(config, state["global_step"], config.epochs * steps_per_epoch)
             optimizer.step()
-            rs = state["run_sums"]
-            rs[0] += loss.item() * len(idx)
-            rs[1] += len(idx)
             if segmenter:
                 s = dice_sums(out.detach(), y)
-                rs[2] += s[0]
-                rs[3] += s[1] + s[2]
-                running = 2 * rs[2] / rs[3] if rs[3] else 1.0
+                step_sums = [loss.item() * len(idx), len(idx), s[0], s[1] + s[2]]
             else:
-                rs[2] += float(((out.detach()[:, 0] > 0).float() == y[:, 0]).sum())
-                rs[3] += len(idx)
-                running = rs[2] / rs[3]
+                correct = float(((out.detach()[:, 0] > 0).float() == y[:, 0]).sum())
+                step_sums = [loss.item() * len(idx), len(idx), correct, len(idx)]
+            rs = state["run_sums"]
+            for k, v in enumerate(_all_sum(step_sums, world)):
+                rs[k] += v
+            running = (2 * rs[2] / rs[3] if segmenter else rs[2] / rs[3]) if rs[3] else 1.0
             state["step_in_epoch"] = step + 1
             state["global_step"] += 1
             if bar is not None:
@@ -227,19 +236,25 @@ def train_model(
                 bar.update(1)
             if max_steps is not None and state["global_step"] >= max_steps:
                 state["seconds"] = time.perf_counter() - t_start
-                save_resume(out_dir, model, optimizer, state)
+                if rank == 0:
+                    save_resume(out_dir, core, optimizer, state)
+                _barrier(world)
                 if bar is not None:
                     bar.close()
                 log.info("stopping after %d steps (max_steps)", max_steps)
                 return TrainResult(state["best_score"], state["best_epoch"], epoch, state["seconds"], state["history"], False)
             if config.resume_every_steps and state["global_step"] % config.resume_every_steps == 0:
                 state["seconds"] = time.perf_counter() - t_start
-                save_resume(out_dir, model, optimizer, state)
+                if rank == 0:
+                    save_resume(out_dir, core, optimizer, state)
         if bar is not None:
             bar.close()
 
         rs = state["run_sums"]
-        val_loss, val_score = validate(model, val, segmenter, loss_fn, config.channels_last)
+        # process 0 validates and tells the others, so all take the same early-stopping path
+        val_loss, val_score = _broadcast(
+            validate(core, val, segmenter, loss_fn, config.channels_last) if rank == 0 else (0.0, 0.0), world
+        )
         row = {
             "epoch": epoch + 1,
             "train_loss": rs[0] / max(rs[1], 1),
@@ -265,22 +280,62 @@ def train_model(
                 epoch + 1,
                 0,
             )
-            save_model(model, model_config, out_dir / "best", epoch_meta)
+            if rank == 0:
+                save_model(core, model_config, out_dir / "best", epoch_meta)
         else:
             state["since_best"] += 1
-        save_model(model, model_config, out_dir / "last", epoch_meta)
-        write_history(state["history"], out_dir / "history.csv")
+        if rank == 0:
+            save_model(core, model_config, out_dir / "last", epoch_meta)
+            write_history(state["history"], out_dir / "history.csv")
         state.update(epoch=epoch + 1, step_in_epoch=0, run_sums=[0.0, 0.0, 0.0, 0.0])
         if state["since_best"] >= config.patience and state["epoch"] >= config.min_epochs:
             stopped_early = True
             log.info("early stop: no better validation score for %d epochs", config.patience)
         state["stopped_early"] = stopped_early
         state["seconds"] = time.perf_counter() - t_start
-        save_resume(out_dir, model, optimizer, state)
+        if rank == 0:
+            save_resume(out_dir, core, optimizer, state)
+        _barrier(world)
 
     return TrainResult(
         state["best_score"], state["best_epoch"], state["epoch"], state["seconds"], state["history"], stopped_early
     )
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of a torch.distributed run (e.g. under torchrun), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_sum(values: list[float], world: int) -> list[float]:
+    if world == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _broadcast(values: tuple[float, float], world: int) -> tuple[float, float]:
+    if world == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return float(t[0]), float(t[1])
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def learning_rate_at(config: TrainConfig, step: int, total_steps: int) -> float:
