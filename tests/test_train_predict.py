@@ -385,6 +385,8 @@ def test_bench_times_each_path_in_its_own_process(trained: Path, tiny_data: Path
         assert r["slices"] == 8 and len(r["seconds"]) == 2 and r["peak_rss_mb"] > 0
         assert r["segmenter_gflop_per_slice"] > 0 and r["speedup_vs_baseline"] is None
     assert not (trained / "unet.onnx").exists()  # exported into a copy, the bundle is untouched
+    agree = report["results"]["onnx"]["agreement_vs_torch"]
+    assert agree["mask_dice"] >= 0.995 and agree["max_probability_difference"] <= 1e-3 and agree["verdicts_differing"] == 0
     assert "| onnx | 8 |" in markdown({"results": {k: {**v, "speedup_vs_baseline": 1.0} for k, v in report["results"].items()}})
 
 

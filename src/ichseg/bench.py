@@ -160,10 +160,35 @@ def run_bench(
         if proc.returncode != 0:
             raise RuntimeError(f"bench path {path} failed:\n{proc.stderr[-2000:]}")
         results[path] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "torch" in results:
+        for path, r in results.items():
+            if path not in ("torch", "baseline"):
+                r["agreement_vs_torch"] = agreement(out_dir / "torch" / "run0", out_dir / path / "run0")
     base = results.get("baseline")
     for r in results.values():
         r["speedup_vs_baseline"] = base["median_s"] / r["median_s"] if base else None
     return {"study": str(study), "results": results}
+
+
+def agreement(ref_dir: Path, other_dir: Path) -> dict[str, float]:
+    """How far a fast path's outputs are from the PyTorch path's on the same study: Dice of
+    all masks together (1.0 when both are empty), largest probability difference, and
+    slices whose verdict differs."""
+    import cv2
+
+    inter = total = 0
+    for m in sorted((Path(ref_dir) / "masks").glob("*_mask.png")):
+        a = cv2.imread(str(m), cv2.IMREAD_GRAYSCALE) > 127
+        b = cv2.imread(str(Path(other_dir) / "masks" / m.name), cv2.IMREAD_GRAYSCALE) > 127
+        inter += int((a & b).sum())
+        total += int(a.sum() + b.sum())
+    ra, rb = (json.loads((Path(d) / "predictions.json").read_text())["slices_detail"] for d in (ref_dir, other_dir))
+    keys = ("classifier_probability", "unet_max_probability")
+    return {
+        "mask_dice": 2 * inter / total if total else 1.0,
+        "max_probability_difference": max((abs(x[k] - y[k]) for x, y in zip(ra, rb, strict=True) for k in keys), default=0.0),
+        "verdicts_differing": sum(x["hemorrhage"] != y["hemorrhage"] for x, y in zip(ra, rb, strict=True)),
+    }
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -178,6 +203,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['speedup_vs_baseline']:.1f} | {r['cold_start_s']:.2f} | {r['peak_rss_mb']:.0f} | "
             f"{r['segmenter_gflop_per_slice']:.1f} |"
         )
+    for r in report["results"].values():
+        if "agreement_vs_torch" in r:
+            a = r["agreement_vs_torch"]
+            lines.append(
+                f"\n{r['path']} vs torch: mask Dice {a['mask_dice']:.4f}, largest probability difference "
+                f"{a['max_probability_difference']:.1e}, {a['verdicts_differing']} slice verdict(s) differ."
+            )
     return "\n".join(lines) + "\n"
 
 
