@@ -31,7 +31,7 @@ def test_shipped_bundle_is_complete_small_and_credited() -> None:
     body = json.loads((PACKAGED_MODEL / "pipeline.json").read_text())
     assert len(body["trained_on"]["patients"]) == 66
     for stage in ("unet", "classifier"):
-        assert "CT-ICH" in json.loads((PACKAGED_MODEL / f"{stage}.json").read_text())["meta"]["dataset_credit"]
+        assert "CT-ICH" in json.loads((PACKAGED_MODEL / f"{stage}.json").read_text())["dataset_credit"]
 
 
 def test_shipped_model_is_deterministic(bundle) -> None:

@@ -127,7 +127,10 @@ def _evaluate(
     eval_records = ensure_caches(bundle, eval_records, cache_root, skip_bad=skip_bad, progress=progress)
     ev = evaluate_records(bundle, eval_records, cache_root, progress=progress)
     ev.metrics["evaluated_part"] = part if sp else "all"
-    seen = sorted({r.patient_id for r in eval_records} & set(bundle.meta.get("trained_on", {}).get("patients", [])))
+    from ichseg.release import patient_fingerprints
+
+    trained = set(bundle.meta.get("trained_on", {}).get("patient_fingerprints", {}).values())
+    seen = sorted(pid for pid, fp in patient_fingerprints(eval_records).items() if fp in trained)
     ev.metrics["patients_seen_in_training"] = seen
     if seen:
         log.warning(

@@ -53,6 +53,17 @@ def cv_choices(fold_dir: Path) -> dict[str, Any]:
     }
 
 
+def patient_fingerprints(records) -> dict[str, str]:
+    """Per patient, a SHA-256 over its brain-window images: identifies the same scan under
+    any folder name, and tells apart different scans that share a patient number."""
+    from ichseg.io import sha256_file, sha256_text
+
+    by: dict[str, list[str]] = {}
+    for r in sorted(records, key=lambda r: (r.patient_id, r.slice)):
+        by.setdefault(r.patient_id, []).append(sha256_file(Path(r.image_path)))
+    return {pid: sha256_text(";".join(shas)) for pid, shas in by.items()}
+
+
 def release_config(config: RunConfig, choices: dict[str, Any]) -> RunConfig:
     """``config`` with fixed epoch counts (no early stopping) and the CV operating point."""
 
@@ -106,7 +117,12 @@ def train_release(
     out = bundle_stage(work_dir, cfg, checkpoint="last", prep=prep)
     body = json.loads((out / "pipeline.json").read_text())
     body["calibration"] = {"on": "cross-validation folds (median of their inner-validation choices)", **choices}
-    body["trained_on"] = {"patients": everyone, "slices": len(prep.records), "data_checksum": prep.data_checksum}
+    body["trained_on"] = {
+        "patients": everyone,
+        "slices": len(prep.records),
+        "data_checksum": prep.data_checksum,
+        "patient_fingerprints": patient_fingerprints(prep.records),
+    }
     body["training"] = training_summary(work_dir)
     body["hardware"] = hardware()
     save_json(body, out / "pipeline.json")
