@@ -25,7 +25,10 @@ def bundle():
 
 
 def test_shipped_bundle_is_complete_small_and_credited() -> None:
+    from ichseg.infer.onnx_runtime import onnx_is_current
+
     assert all((PACKAGED_MODEL / n).exists() for n in BUNDLE_FILES)
+    assert onnx_is_current(PACKAGED_MODEL)  # graphs exported from exactly these weights
     weights_mb = sum(p.stat().st_size for p in PACKAGED_MODEL.glob("*.safetensors")) / 2**20
     assert weights_mb <= MAX_MB
     body = json.loads((PACKAGED_MODEL / "pipeline.json").read_text())
@@ -52,6 +55,10 @@ def test_shipped_model_finds_an_obvious_bleed(tmp_path: Path) -> None:
     a, b = (json.loads((tmp_path / r / "predictions.json").read_text()) for r in ("a", "b"))
     assert a["slices_detail"] == b["slices_detail"]
     assert Path(a["model"]).resolve() == PACKAGED_MODEL.resolve()
+    # the default runtime is ONNX Runtime when it is installed (the shipped graphs are current)
+    from ichseg.infer.onnx_runtime import onnxruntime_available
+
+    assert a["runtime"] == ("onnx" if onnxruntime_available() else "torch")
     rows = a["slices_detail"]
     mid = next(r for r in rows if str(r["slice"]) == "2")
     assert mid["hemorrhage"] == 1

@@ -425,7 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="worker processes for a folder of studies")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument(
-        "--runtime", choices=("torch", "onnx", "auto"), default="torch", help="inference back end (onnx: after `ichseg export`)"
+        "--runtime",
+        choices=("torch", "onnx", "auto"),
+        default="auto",
+        help="inference back end; auto: ONNX Runtime when the bundle has current ONNX graphs, else PyTorch",
     )
     s.set_defaults(func=cmd_predict)
 

@@ -145,6 +145,12 @@ def install(bundle_dir: Path, dest: Path = PACKAGED_MODEL) -> Path:
         shutil.copyfile(Path(bundle_dir) / n, dest / f".{n}.tmp")
     for n in names:
         (dest / f".{n}.tmp").replace(dest / n)
+    try:  # the ONNX graphs make `predict --runtime auto` (the default) use ONNX Runtime
+        from ichseg.infer.onnx_runtime import export_onnx
+
+        export_onnx(dest)
+    except ImportError:
+        log.warning("onnx is not installed: the bundle is installed without ONNX graphs (PyTorch only)")
     log.info("installed %s -> %s", bundle_dir, dest)
     return dest
 

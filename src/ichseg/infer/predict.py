@@ -165,6 +165,7 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
         "positive_slices": sum(r["hemorrhage"] for r in rows),
         "study_hemorrhage": int(any(r["hemorrhage"] for r in rows)),
         "model": str(bundle.path),
+        "runtime": bundle.meta.get("runtime", "torch"),
         "operating_point": {
             "classifier_threshold": cfg.classifier_threshold,
             "mask_threshold": cfg.mask_threshold,
