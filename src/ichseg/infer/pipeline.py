@@ -113,9 +113,11 @@ def segment(
     out = np.zeros((len(images_u8), *size), np.float32)
     for s in _batches(len(images_u8), batch):
         x = torch.from_numpy(images_u8[s]).float().div_(255).contiguous(memory_format=torch.channels_last)
-        prob = torch.sigmoid(model(x))
-        if tta_flip:
-            prob = (prob + torch.sigmoid(model(x.flip(-1))).flip(-1)) / 2
+        if tta_flip:  # one call on the slices and their mirrors together
+            both = torch.sigmoid(model(torch.cat([x, x.flip(-1)])))
+            prob = (both[: len(x)] + both[len(x) :].flip(-1)) / 2
+        else:
+            prob = torch.sigmoid(model(x))
         if prob.shape[-2:] != size:
             prob = F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
         out[s] = prob[:, 0].numpy()
