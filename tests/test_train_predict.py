@@ -387,7 +387,7 @@ def test_bench_times_each_path_in_its_own_process(trained: Path, tiny_data: Path
     assert not (trained / "unet.onnx").exists()  # exported into a copy, the bundle is untouched
     agree = report["results"]["onnx"]["agreement_vs_torch"]
     assert agree["mask_dice"] >= 0.995 and agree["max_probability_difference"] <= 1e-3 and agree["verdicts_differing"] == 0
-    assert "| onnx | 8 |" in markdown({"results": {k: {**v, "speedup_vs_baseline": 1.0} for k, v in report["results"].items()}})
+    assert "| onnx | 8 (" in markdown({"results": {k: {**v, "speedup_vs_baseline": 1.0} for k, v in report["results"].items()}})
 
 
 def test_batch_predict_streams_studies_and_restarts_where_it_stopped(trained: Path, tiny_data: Path, tmp_path: Path) -> None:
