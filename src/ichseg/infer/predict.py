@@ -87,6 +87,8 @@ def _model_input(
 
 def overlay_rgb(image_u8: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The CT slice with blood tinted red and outlined in yellow, for a human reader."""
+    if not mask.any():  # most slices: just the slice in RGB
+        return cv2.cvtColor(image_u8, cv2.COLOR_GRAY2RGB)
     rgb = np.repeat(image_u8[..., None], 3, axis=2).astype(np.float32)
     red = np.array([255, 0, 0], np.float32)
     rgb[mask] = 0.55 * rgb[mask] + 0.45 * red
@@ -122,9 +124,11 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
     masks: dict[int, np.ndarray] = {}
     pmax = np.zeros(len(slices), np.float32)
     if len(gated):
-        if ucfg.context_slices:  # the gated slices' neighbours are needed too
-            all_in = _model_input(slices, images, ucfg.windows, ucfg.input_size_px, interp)
-            u_in = with_context(all_in, keys, ucfg.context_slices)[gated]
+        if ucfg.context_slices:  # the gated slices and their neighbours, not the whole study
+            k = ucfg.context_slices
+            need = sorted({j for i in gated for j in range(i - k, i + k + 1) if 0 <= j < len(slices)})
+            part = _model_input([slices[j] for j in need], images, ucfg.windows, ucfg.input_size_px, interp)
+            u_in = with_context(part, [keys[j] for j in need], k)[[need.index(i) for i in gated]]
         else:
             u_in = _model_input([slices[i] for i in gated], images, ucfg.windows, ucfg.input_size_px, interp)
         by_shape: dict[tuple[int, int], list[int]] = {}  # one batched call per source size
