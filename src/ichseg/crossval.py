@@ -118,6 +118,17 @@ def rows_of(per_slice: dict[str, list[Any]] | list[dict[str, Any]]) -> list[dict
     return [dict(zip(keys, vals, strict=True)) for vals in zip(*(per_slice[k] for k in keys), strict=True)]
 
 
+def load_folds(cfg_dir: Path) -> list[dict[str, Any]]:
+    """The fold JSONs of one configuration, in fold order."""
+    return [json.loads(f.read_text()) for f in sorted(Path(cfg_dir).glob("fold*.json"))]
+
+
+def _stat(xs: list[float]) -> dict[str, float | None]:
+    """Mean and sample sd over folds (None where undefined)."""
+    a = np.array(xs, float)
+    return {"mean": float(a.mean()) if len(a) else None, "sd": float(a.std(ddof=1)) if len(a) > 1 else None}
+
+
 def _fold_values(m: dict[str, Any]) -> dict[str, float | None]:
     return {
         "recall": m["slice"]["recall"],
@@ -134,7 +145,7 @@ def summarize(results_dir: Path) -> dict[str, dict[str, Any]]:
     """Per configuration: mean and sd over folds, pooled bootstrap intervals, training time."""
     out: dict[str, dict[str, Any]] = {}
     for cfg_dir in sorted(p for p in Path(results_dir).iterdir() if p.is_dir()):
-        folds = [json.loads(f.read_text()) for f in sorted(cfg_dir.glob("fold*.json"))]
+        folds = load_folds(cfg_dir)
         if not folds:
             continue
         stats = _mean_sd([_fold_values(f["metrics"]) for f in folds])
@@ -166,30 +177,23 @@ def _subtype_auc(folds: list[dict[str, Any]]) -> dict[str, dict[str, float | int
     (a fold without, say, intraventricular slices has no AUC for it)."""
     out = {}
     for head in folds[0]["metrics"].get("subtype_auc", {}):
-        xs = np.array([f["metrics"]["subtype_auc"][head] for f in folds if f["metrics"]["subtype_auc"].get(head) is not None])
-        out[head] = {
-            "mean": float(xs.mean()) if len(xs) else None,
-            "sd": float(xs.std(ddof=1)) if len(xs) > 1 else None,
-            "folds": len(xs),
-        }
+        xs = [f["metrics"]["subtype_auc"][head] for f in folds if f["metrics"]["subtype_auc"].get(head) is not None]
+        out[head] = {**_stat(xs), "folds": len(xs)}
     return out
 
 
 def _mean_sd(vals: list[dict[str, float | None]]) -> dict[str, dict[str, float | None]]:
-    stats = {}
-    for k in HEADLINE:
-        xs = np.array([v[k] for v in vals if v[k] is not None], float)
-        stats[k] = {"mean": float(xs.mean()) if len(xs) else None, "sd": float(xs.std(ddof=1)) if len(xs) > 1 else None}
-    return stats
+    return {k: _stat([v[k] for v in vals if v[k] is not None]) for k in HEADLINE}
+
+
+def _fmt_stat(s: dict[str, float | None]) -> str:
+    if s["mean"] is None:
+        return "n/a"
+    return f"{s['mean']:.3f}" + (f" ± {s['sd']:.3f}" if s["sd"] is not None else "")
 
 
 def markdown(summary: dict[str, dict[str, Any]]) -> str:
     """The CV table: mean ± sd over folds per configuration."""
-
-    def ms(s: dict[str, float | None]) -> str:
-        if s["mean"] is None:
-            return "n/a"
-        return f"{s['mean']:.3f}" + (f" ± {s['sd']:.3f}" if s["sd"] is not None else "")
 
     head = (
         "| configuration | folds | slice recall | slice precision | Dice (global) | IoU (global) | scan sensitivity | "
@@ -201,7 +205,8 @@ def markdown(summary: dict[str, dict[str, Any]]) -> str:
         lines.append(
             f"| {name} | {s['folds']}/{s['of']} | "
             + " | ".join(
-                ms(st[k]) for k in ("recall", "precision", "dice_global", "iou_global", "scan_sensitivity", "scan_specificity")
+                _fmt_stat(st[k])
+                for k in ("recall", "precision", "dice_global", "iou_global", "scan_sensitivity", "scan_specificity")
             )
             + f" | {s['train_minutes_mean']:.1f} |"
         )
@@ -234,14 +239,7 @@ def markdown(summary: dict[str, dict[str, Any]]) -> str:
             "|" + "---|" * (len(heads) + 1),
         ]
         for name, auc in with_auc.items():
-            cells = [
-                "n/a"
-                if auc[h]["mean"] is None
-                else f"{auc[h]['mean']:.3f}"
-                + (f" ± {auc[h]['sd']:.3f}" if auc[h]["sd"] is not None else "")
-                + f" ({auc[h]['folds']})"
-                for h in heads
-            ]
+            cells = ["n/a" if auc[h]["mean"] is None else f"{_fmt_stat(auc[h])} ({auc[h]['folds']})" for h in heads]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -260,7 +258,7 @@ def policy_table(results_dir: Path, policies: tuple[str, ...] | None = None) -> 
         "|" + "---|" * 10,
     ]
     for cfg_dir in sorted(p for p in Path(results_dir).iterdir() if p.is_dir()):
-        folds = [json.loads(f.read_text()) for f in sorted(cfg_dir.glob("fold*.json"))]
+        folds = load_folds(cfg_dir)
         folds = [f for f in folds if "operating_grid" in f]
         if not folds:
             continue
@@ -275,9 +273,6 @@ def policy_table(results_dir: Path, policies: tuple[str, ...] | None = None) -> 
                 )
                 vals.append(held)
                 chosen.append(f"({pick['mask_threshold']:g}, {pick['min_area_px']})")
-            cells = []
-            for k in keys:
-                xs = np.array([v[k] for v in vals if v[k] is not None], float)
-                cells.append(f"{xs.mean():.3f} ± {xs.std(ddof=1):.3f}" if len(xs) > 1 else (f"{xs[0]:.3f}" if len(xs) else "n/a"))
+            cells = [_fmt_stat(_stat([v[k] for v in vals if v[k] is not None])) for k in keys]
             lines.append(f"| {cfg_dir.name} | {policy} | {len(folds)} | " + " | ".join(cells) + f" | {' '.join(chosen)} |")
     return "\n".join(lines) + "\n"

@@ -28,7 +28,9 @@ BUNDLE_FILES = ("classifier.safetensors", "classifier.json", "unet.safetensors",
 
 def cv_choices(fold_dir: Path) -> dict[str, Any]:
     """Median best epochs and operating point over the fold JSONs in ``fold_dir``."""
-    folds = [json.loads(p.read_text()) for p in sorted(Path(fold_dir).glob("fold*.json"))]
+    from ichseg.crossval import load_folds
+
+    folds = load_folds(fold_dir)
     if not folds:
         raise FileNotFoundError(f"{fold_dir}: no fold*.json (run `ichseg cv` first)")
     ops = [f["metrics"]["operating_point"] for f in folds]

@@ -40,16 +40,26 @@ def threshold_stats(
     chunks: Iterable[tuple[np.ndarray, np.ndarray]], thresholds: tuple[float, ...] = MASK_THRESHOLDS
 ) -> ThresholdStats:
     """Stream ``(probs (n, H, W) float, truth (n, H, W) bool)`` chunks into per-threshold counts."""
-    areas, inter, true = [], [], []
+    parts = []
     for probs, truth in chunks:
         p = probs.reshape(len(probs), -1)
         t = np.asarray(truth, bool).reshape(len(truth), -1)
-        areas.append(np.stack([(p >= th).sum(1) for th in thresholds], 1))
-        inter.append(np.stack([((p >= th) & t).sum(1) for th in thresholds], 1))
-        true.append(t.sum(1))
-    if not areas:
+        areas = np.stack([(p >= th).sum(1) for th in thresholds], 1)
+        inter = np.stack([((p >= th) & t).sum(1) for th in thresholds], 1)
+        parts.append(ThresholdStats(tuple(thresholds), areas, inter, t.sum(1)))
+    return concatenate_stats(parts)
+
+
+def concatenate_stats(parts: list[ThresholdStats]) -> ThresholdStats:
+    """One table from per-chunk tables of the same thresholds, slices in order."""
+    if not parts:
         raise ValueError("no slices to choose an operating point on")
-    return ThresholdStats(tuple(thresholds), np.concatenate(areas), np.concatenate(inter), np.concatenate(true))
+    return ThresholdStats(
+        parts[0].thresholds,
+        np.concatenate([g.areas for g in parts]),
+        np.concatenate([g.inter for g in parts]),
+        np.concatenate([g.true_areas for g in parts]),
+    )
 
 
 def f_beta(tp: int, fp: int, fn: int, beta: float = 2.0) -> float:

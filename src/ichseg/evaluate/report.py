@@ -100,7 +100,7 @@ def evaluate_records(
     cost one more inference pass at most, not a retraining. ``operating_grid`` adds the
     pipeline's metrics at every (mask threshold, min area) of the tuning grid under
     ``metrics["operating_grid"]``, from the same probabilities."""
-    from ichseg.evaluate.operating_point import ThresholdStats, grid_rows, threshold_stats
+    from ichseg.evaluate.operating_point import ThresholdStats, concatenate_stats, grid_rows, threshold_stats
 
     grid_parts: list[ThresholdStats] = []
     alternatives = alternatives or {}
@@ -199,14 +199,11 @@ def evaluate_records(
     ]
     metrics["bootstrap"] = bootstrap_ci(per_slice)
     if grid_parts:
-        stats = ThresholdStats(
-            grid_parts[0].thresholds,
-            np.concatenate([g.areas for g in grid_parts]),
-            np.concatenate([g.inter for g in grid_parts]),
-            np.concatenate([g.true_areas for g in grid_parts]),
-        )
         metrics["operating_grid"] = grid_rows(
-            stats, cls_prob >= cfg.classifier_threshold, truth_slice, patient_ids=[r.patient_id for r in records]
+            concatenate_stats(grid_parts),
+            cls_prob >= cfg.classifier_threshold,
+            truth_slice,
+            patient_ids=[r.patient_id for r in records],
         )
     if alternatives:
         pids = [r.patient_id for r in records]

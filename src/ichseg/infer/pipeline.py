@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ichseg.config import ClassifierConfig, PipelineConfig, PreprocessConfig, UNetConfig, from_dict, load_json
-from ichseg.train.checkpoint import load_model
+from ichseg.train.checkpoint import load_model, load_model_config
 
 log = logging.getLogger(__name__)
 
@@ -53,25 +53,28 @@ def load_bundle(model_dir: Path, runtime: str = "torch") -> Bundle:
     for name in ("classifier.json", "classifier.safetensors", "unet.json", "unet.safetensors", "pipeline.json"):
         if not (model_dir / name).exists():
             raise FileNotFoundError(f"{model_dir / name}: missing from the model bundle")
-    classifier, ccfg, cmeta = load_model(model_dir / "classifier")
-    unet, ucfg, umeta = load_model(model_dir / "unet")
-    body = load_json(model_dir / "pipeline.json")
-    assert isinstance(ccfg, ClassifierConfig) and isinstance(ucfg, UNetConfig)
     if runtime not in ("torch", "onnx", "auto"):
         raise ValueError(f"unknown runtime {runtime!r} (torch, onnx or auto)")
     if runtime != "torch":
-        from ichseg.infer.onnx_runtime import OrtModel, onnx_is_current, onnxruntime_available
+        from ichseg.infer.onnx_runtime import onnx_is_current, onnxruntime_available
 
         usable = onnxruntime_available() and onnx_is_current(model_dir)
         if runtime == "onnx" and not usable:
             raise FileNotFoundError(
                 f"{model_dir}: no current ONNX graphs or no onnxruntime (run `ichseg export --onnx --model {model_dir}`)"
             )
-        if usable:
-            classifier, unet = OrtModel(model_dir / "classifier.onnx"), OrtModel(model_dir / "unet.onnx")
-            runtime = "onnx"
-        else:
-            runtime = "torch"
+        runtime = "onnx" if usable else "torch"
+    if runtime == "onnx":  # the graphs carry the weights: only the configs are read
+        from ichseg.infer.onnx_runtime import OrtModel
+
+        ccfg, cmeta = load_model_config(model_dir / "classifier")
+        ucfg, umeta = load_model_config(model_dir / "unet")
+        classifier, unet = OrtModel(model_dir / "classifier.onnx"), OrtModel(model_dir / "unet.onnx")
+    else:
+        classifier, ccfg, cmeta = load_model(model_dir / "classifier")
+        unet, ucfg, umeta = load_model(model_dir / "unet")
+    body = load_json(model_dir / "pipeline.json")
+    assert isinstance(ccfg, ClassifierConfig) and isinstance(ucfg, UNetConfig)
     body = {**body, "runtime": runtime}
     return Bundle(
         classifier,

@@ -41,17 +41,26 @@ def save_model(model: nn.Module, config: UNetConfig | ClassifierConfig, path_ste
     save_json({"kind": kind, "config": to_dict(config), **meta}, path_stem.with_suffix(".json"))
 
 
-def load_model(path_stem: Path) -> tuple[nn.Module, UNetConfig | ClassifierConfig, dict[str, Any]]:
-    """Rebuild a model from ``<stem>.json`` and load ``<stem>.safetensors`` into it (eval mode)."""
+def _stem(path_stem: Path) -> Path:
     path_stem = Path(path_stem)
-    if path_stem.suffix in (".json", ".safetensors"):
-        path_stem = path_stem.with_suffix("")
+    return path_stem.with_suffix("") if path_stem.suffix in (".json", ".safetensors") else path_stem
+
+
+def load_model_config(path_stem: Path) -> tuple[UNetConfig | ClassifierConfig, dict[str, Any]]:
+    """The config and metadata of ``<stem>.json``, without the weights (for other runtimes)."""
+    path_stem = _stem(path_stem)
     meta = load_json(path_stem.with_suffix(".json"))
     kind = meta.get("kind")
     cls = {"unet": UNetConfig, "classifier": ClassifierConfig}.get(kind)  # type: ignore[arg-type]
     if cls is None:
         raise ValueError(f"{path_stem.with_suffix('.json')}: unknown model kind {kind!r}")
-    config = from_dict(cls, meta["config"])
+    return from_dict(cls, meta["config"]), meta
+
+
+def load_model(path_stem: Path) -> tuple[nn.Module, UNetConfig | ClassifierConfig, dict[str, Any]]:
+    """Rebuild a model from ``<stem>.json`` and load ``<stem>.safetensors`` into it (eval mode)."""
+    path_stem = _stem(path_stem)
+    config, meta = load_model_config(path_stem)
     model = build_model(config)
     weights = path_stem.with_suffix(".safetensors")
     try:
