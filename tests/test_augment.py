@@ -63,3 +63,22 @@ def test_crops_follow_the_blood_and_keep_shapes() -> None:
         assert ci.shape == (2, 3, 32, 32) and cm.shape == (2, 32, 32)
         assert cm[0].sum() > 0  # the crop of a bleeding slice shows (part of) the bleed
         assert ci[1, 0].max() == 100  # the crop of a normal slice is inside the head
+
+
+def test_training_device_is_resolved_or_refused() -> None:
+    import pytest
+    import torch
+
+    from ichseg.cli import _config, build_parser
+    from ichseg.train.loop import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():  # a CPU build must not silently train on the CPU when a GPU was asked for
+        with pytest.raises(ValueError, match="sees no GPU"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--preset", "fast", "--device", "auto"])
+    cfg = _config(args, "cpu")
+    assert cfg.train_unet.device == cfg.train_classifier.device == "auto"

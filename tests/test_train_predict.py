@@ -354,40 +354,60 @@ def test_onnx_export_matches_pytorch_and_refuses_stale_graphs(trained: Path, tin
         load_bundle(trained, runtime="onnx")
     assert load_bundle(trained, runtime="auto").meta["runtime"] == "torch"  # nothing exported yet
     assert main(["export", "--onnx", "--model", str(trained)]) == 0
-    assert load_bundle(trained, runtime="auto").meta["runtime"] == "onnx"
+    from ichseg.infer.onnx_runtime import runtime_available
+    from ichseg.infer.pipeline import AUTO_ORDER
+
+    graph_runtimes = [rt for rt in AUTO_ORDER if runtime_available(rt)]
+    assert load_bundle(trained, runtime="auto").meta["runtime"] == graph_runtimes[0]  # the fastest installed
     runs = {}
-    for rt in ("torch", "onnx"):
+    for rt in ("torch", *graph_runtimes):
         out = tmp_path / rt
         assert main(["predict", str(patient), "--model", str(trained), "--out", str(out), "--runtime", rt, "--no-overlays"]) == 0
         runs[rt] = json.loads((out / "predictions.json").read_text())["slices_detail"]
-    for a, b in zip(runs["torch"], runs["onnx"], strict=True):
-        assert abs(a["classifier_probability"] - b["classifier_probability"]) <= 1e-4
-        assert abs(a["unet_max_probability"] - b["unet_max_probability"]) <= 1e-4
+        assert json.loads((out / "predictions.json").read_text())["runtime"] == rt
+    for rt in graph_runtimes:
+        for a, b in zip(runs["torch"], runs[rt], strict=True):
+            assert abs(a["classifier_probability"] - b["classifier_probability"]) <= 1e-4
+            assert abs(a["unet_max_probability"] - b["unet_max_probability"]) <= 1e-4
     # new weights make the exported graphs stale: "onnx" refuses, "auto" falls back to PyTorch
     from safetensors.torch import load_file as lf
     from safetensors.torch import save_file
 
     w = lf(str(trained / "unet.safetensors"))
     save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in w.items()}, str(trained / "unet.safetensors"))
-    with pytest.raises(FileNotFoundError):
-        load_bundle(trained, runtime="onnx")
+    for rt in graph_runtimes:
+        with pytest.raises(FileNotFoundError):
+            load_bundle(trained, runtime=rt)
     assert load_bundle(trained, runtime="auto").meta["runtime"] == "torch"
 
 
 def test_bench_times_each_path_in_its_own_process(trained: Path, tiny_data: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from ichseg.bench import markdown, pick_study, run_bench
+    from ichseg.bench import available_paths, check_targets, markdown, pick_studies, run_bench
 
-    study = pick_study(tiny_data, tmp_path, n_slices=8)
-    report = run_bench(study, tmp_path / "bench", repeats=2, model_dir=trained, paths=("torch", "onnx"), threads=1)
-    for path in ("torch", "onnx"):
+    studies = pick_studies(tiny_data, tmp_path, n_slices=8)
+    assert set(studies) <= {"typical", "heavy"} and "typical" in studies
+    graph_paths = tuple(p for p in available_paths() if p in ("onnx", "openvino"))
+    report = run_bench(studies, tmp_path / "bench", repeats=2, model_dir=trained, paths=("torch", *graph_paths), threads=1)
+    for path in ("torch", *graph_paths):
         r = report["results"][path]
-        assert r["slices"] == 8 and len(r["seconds"]) == 2 and r["peak_rss_mb"] > 0
-        assert r["segmenter_gflop_per_slice"] > 0 and r["speedup_vs_baseline"] is None
+        assert r["peak_rss_mb"] > 0 and r["segmenter_gflop_per_slice"] > 0
+        for st in r["studies"].values():
+            assert st["slices"] == 8 and len(st["seconds"]) == 2 and st["speedup_vs_baseline"] is None
     assert not (trained / "unet.onnx").exists()  # exported into a copy, the bundle is untouched
-    agree = report["results"]["onnx"]["agreement_vs_torch"]
-    assert agree["mask_dice"] >= 0.995 and agree["max_probability_difference"] <= 1e-3 and agree["verdicts_differing"] == 0
-    assert "| onnx | 8 (" in markdown({"results": {k: {**v, "speedup_vs_baseline": 1.0} for k, v in report["results"].items()}})
+    for path in graph_paths:
+        for st in report["results"][path]["studies"].values():
+            agree = st["agreement_vs_torch"]
+            assert agree["mask_dice"] >= 0.995 and agree["max_probability_difference"] <= 1e-3
+            assert agree["verdicts_differing"] == 0
+    from ichseg.infer.pipeline import AUTO_ORDER
+
+    assert report["default_runtime"] == next((r for r in AUTO_ORDER if r in graph_paths), "torch")
+    assert report["targets"]["speedup_vs_baseline"] is False  # no baseline was run: the ratio cannot pass
+    fast = {"cold_start_s": 0.5, "peak_rss_mb": 100, "studies": {"a": {"median_s": 1.0, "speedup_vs_baseline": 30.0}}}
+    assert check_targets(fast)["all"]
+    assert not check_targets({**fast, "peak_rss_mb": 2000})["all"]
+    assert "| typical | torch | 8 (" in markdown(report)
 
 
 def test_batch_predict_streams_studies_and_restarts_where_it_stopped(trained: Path, tiny_data: Path, tmp_path: Path) -> None:

@@ -24,25 +24,42 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
-PATHS = ("baseline", "torch", "onnx")
+PATHS = ("baseline", "torch", "onnx", "openvino")
+TARGETS = {"median_s": 2.0, "speedup_vs_baseline": 25.0, "cold_start_s": 2.0, "peak_rss_mb": 1024.0, "mask_dice": 0.995}
 
 
-def pick_study(data_dir: Path | None, work_dir: Path, n_slices: int = 30) -> Path:
-    """The patient folder whose slice count is closest to ``n_slices`` (ties: lowest ID),
-    or a generated ``n_slices``-slice study in ``work_dir`` when there is no data."""
+def _slice_count(patient: Path) -> int:
+    return sum(1 for f in (patient / "brain").glob("*.jpg") if "_HGE_Seg" not in f.name)
+
+
+def pick_studies(data_dir: Path | None, work_dir: Path, n_slices: int = 30) -> dict[str, Path]:
+    """The studies to time, by role.
+
+    With CT-ICH: "typical", the patient whose slice count is closest to ``n_slices`` (ties:
+    lowest ID), and "heavy", among patients within 3 slices of ``n_slices`` the one with the
+    most ground-truth blood slices (the gate passes most slices there, so the U-Net does
+    most work); both are chosen from the data alone, not from any model's output. Without
+    data: one generated ``n_slices``-slice study with blood, "generated"."""
     if data_dir is not None and (Path(data_dir) / "Patients_CT").is_dir():
         folders = sorted(p for p in (Path(data_dir) / "Patients_CT").iterdir() if (p / "brain").is_dir())
-
-        def count(p: Path) -> int:
-            return sum(1 for f in (p / "brain").glob("*.jpg") if "_HGE_Seg" not in f.name)
-
-        return min(folders, key=lambda p: (abs(count(p) - n_slices), p.name))
+        counts = {p: _slice_count(p) for p in folders}
+        typical = min(folders, key=lambda p: (abs(counts[p] - n_slices), p.name))
+        near = [p for p in folders if abs(counts[p] - n_slices) <= 3] or folders
+        heavy = max(near, key=lambda p: (sum(1 for _ in (p / "brain").glob("*_HGE_Seg.jpg")), -counts[p], p.name))
+        return {"typical": typical, "heavy": heavy} if heavy != typical else {"typical": typical}
     from ichseg.data.synthetic import SyntheticConfig, generate_dataset
 
     root = Path(work_dir) / "generated-study"
     if not (root / "Patients_CT").exists():
         generate_dataset(root, SyntheticConfig(n_patients=1, slices_per_patient=n_slices, hemorrhage_fraction=1.0, seed=7))
-    return next((root / "Patients_CT").iterdir())
+    return {"generated": next((root / "Patients_CT").iterdir())}
+
+
+def available_paths() -> tuple[str, ...]:
+    """The baseline, PyTorch, and each graph runtime that is installed here."""
+    from ichseg.infer.onnx_runtime import runtime_available
+
+    return tuple(p for p in PATHS if p in ("baseline", "torch") or runtime_available(p))
 
 
 def flops_per_slice(model, in_channels: int, size_px: int) -> float:
@@ -74,9 +91,11 @@ def _baseline_once(study: Path, out: Path, model) -> None:
             atomic_write_png(out / "masks" / f"{s.name}_mask.png", mask * 255)
 
 
-def worker(path: str, study: Path, out: Path, repeats: int, model_dir: Path | None, threads: int | None) -> dict[str, Any]:
-    """Time one path ``repeats`` times in this (fresh) process; the first call's import and
-    load time is the cold start."""
+def worker(
+    path: str, studies: dict[str, Path], out: Path, repeats: int, model_dir: Path | None, threads: int | None
+) -> dict[str, Any]:
+    """Time one path ``repeats`` times per study in this (fresh) process; the import and
+    model load before the first call is the cold start."""
     t_start = time.perf_counter()
     import torch
 
@@ -89,7 +108,7 @@ def worker(path: str, study: Path, out: Path, repeats: int, model_dir: Path | No
 
         torch.manual_seed(0)
         model = build_model(UNetConfig()).eval()
-        run = lambda o: _baseline_once(study, o, model)  # noqa: E731
+        run = lambda study, o: _baseline_once(study, o, model)  # noqa: E731
         cold = time.perf_counter() - t_start
         flops = flops_per_slice(model, 1, 512)
     else:
@@ -98,70 +117,79 @@ def worker(path: str, study: Path, out: Path, repeats: int, model_dir: Path | No
         from ichseg.release import default_model_dir
 
         bundle = load_bundle(model_dir or default_model_dir(), runtime=path)
-        run = lambda o: predict_path(bundle, study, o, write_overlays=True)  # noqa: E731
+        run = lambda study, o: predict_path(bundle, study, o, write_overlays=True)  # noqa: E731
         cold = time.perf_counter() - t_start  # import + model load, nothing else
         torch_bundle = bundle if path == "torch" else load_bundle(bundle.path)
         u = torch_bundle.unet_config
         flops = flops_per_slice(torch_bundle.unet, u.in_channels, u.input_size_px) * (2 if bundle.pipeline.tta_flip else 1)
-    times = []
-    for k in range(repeats):
-        t0 = time.perf_counter()
-        run(out / f"run{k}")
-        times.append(time.perf_counter() - t0)
-    n = sum(1 for _ in (out / "run0" / "masks").glob("*_mask.png"))
-    segmented = n  # the baseline segments every slice; the pipeline only those its gate passes
-    if path != "baseline":
-        rows = json.loads((out / "run0" / "predictions.json").read_text())["slices_detail"]
-        segmented = sum(r["segmented"] for r in rows)
+    per_study = {}
+    for label, study in studies.items():
+        times = []
+        for k in range(repeats):
+            t0 = time.perf_counter()
+            run(study, out / label / f"run{k}")
+            times.append(time.perf_counter() - t0)
+        first = out / label / "run0"
+        n = segmented = sum(1 for _ in (first / "masks").glob("*_mask.png"))  # the baseline segments every slice
+        if path != "baseline":  # the pipeline only those its gate passes
+            segmented = sum(r["segmented"] for r in json.loads((first / "predictions.json").read_text())["slices_detail"])
+        per_study[label] = {
+            "slices": n,
+            "segmented_slices": segmented,
+            "seconds": times,
+            "median_s": statistics.median(times),
+            "min_s": min(times),
+            "max_s": max(times),
+            # the segmenter's work over the whole study's time: a lower bound on the
+            # segmenter's own rate, since reading, the classifier and writing are in the time
+            "segmenter_gflop_per_s": flops * segmented / 1e9 / statistics.median(times),
+        }
     return {
         "path": path,
-        "slices": n,
         "cold_start_s": cold,
-        "seconds": times,
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "max_s": max(times),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "segmenter_gflop_per_slice": flops / 1e9,
-        "segmented_slices": segmented,
-        # the whole study's segmenter work over the whole study's time: a lower bound on the
-        # segmenter's own rate, since reading, the classifier and writing are in the time too
-        "segmenter_gflop_per_s": flops * segmented / 1e9 / statistics.median(times),
         "threads": torch.get_num_threads(),
+        "studies": per_study,
     }
 
 
 def run_bench(
-    study: Path,
+    studies: dict[str, Path],
     out_dir: Path,
     *,
     repeats: int = 5,
     baseline_repeats: int = 2,
     model_dir: Path | None = None,
-    paths: tuple[str, ...] = PATHS,
+    paths: tuple[str, ...] | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Run each path in its own process and gather the figures (ratios against the baseline).
+    """Run each path in its own process on every study and gather the figures: ratios
+    against the baseline on the same study, agreement of each graph runtime with PyTorch,
+    and which targets the default runtime (what ``predict --runtime auto`` picks) meets.
 
-    The ONNX path needs graphs exported from the bundle's weights; when the bundle has none
-    (the shipped one is exported on demand), a copy is exported under ``out_dir``."""
+    The graph runtimes need ONNX graphs exported from the bundle's weights; when the
+    bundle has none, a copy is exported under ``out_dir`` and the bundle is not touched."""
     from ichseg.infer.onnx_runtime import export_onnx, onnx_is_current
+    from ichseg.infer.pipeline import resolve_runtime
     from ichseg.release import default_model_dir
 
+    paths = paths or available_paths()
     model_dir = Path(model_dir) if model_dir else default_model_dir()
-    onnx_dir = model_dir
-    if "onnx" in paths and not onnx_is_current(model_dir):
+    graph_dir = model_dir
+    if any(p in ("onnx", "openvino") for p in paths) and not onnx_is_current(model_dir):
         import shutil
 
-        onnx_dir = Path(out_dir) / "model-onnx"
-        shutil.copytree(model_dir, onnx_dir, dirs_exist_ok=True)
-        export_onnx(onnx_dir)
+        graph_dir = Path(out_dir) / "model-onnx"
+        shutil.copytree(model_dir, graph_dir, dirs_exist_ok=True)
+        export_onnx(graph_dir)
     results = {}
     for path in paths:
-        cmd = [sys.executable, "-m", "ichseg.bench", "--worker", path, "--study", str(study), "--out", str(out_dir / path)]
+        cmd = [sys.executable, "-m", "ichseg.bench", "--worker", path, "--out", str(out_dir / path)]
+        cmd += [arg for label, study in studies.items() for arg in ("--study", f"{label}={study}")]
         cmd += ["--repeats", str(baseline_repeats if path == "baseline" else repeats)]
         if path != "baseline":
-            cmd += ["--model", str(onnx_dir if path == "onnx" else model_dir)]
+            cmd += ["--model", str(model_dir if path == "torch" else graph_dir)]
         if threads:
             cmd += ["--threads", str(threads)]
         log.info("bench: %s", path)
@@ -169,14 +197,33 @@ def run_bench(
         if proc.returncode != 0:
             raise RuntimeError(f"bench path {path} failed:\n{proc.stderr[-2000:]}")
         results[path] = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "torch" in results:
-        for path, r in results.items():
-            if path not in ("torch", "baseline"):
-                r["agreement_vs_torch"] = agreement(out_dir / "torch" / "run0", out_dir / path / "run0")
-    base = results.get("baseline")
-    for r in results.values():
-        r["speedup_vs_baseline"] = base["median_s"] / r["median_s"] if base else None
-    return {"study": str(study), "results": results}
+    for path, r in results.items():
+        for label, st in r["studies"].items():
+            base = results.get("baseline", {}).get("studies", {}).get(label)
+            st["speedup_vs_baseline"] = base["median_s"] / st["median_s"] if base else None
+            if path not in ("torch", "baseline") and "torch" in results:
+                st["agreement_vs_torch"] = agreement(out_dir / "torch" / label / "run0", out_dir / path / label / "run0")
+    default = resolve_runtime(graph_dir, "auto")
+    report = {"studies": {k: str(v) for k, v in studies.items()}, "default_runtime": default, "results": results}
+    if default in results:
+        report["targets"] = check_targets(results[default])
+    return report
+
+
+def check_targets(result: dict[str, Any]) -> dict[str, bool]:
+    """Each of the issue's targets (``TARGETS``) against one path's figures, on every study.
+    The agreement target holds trivially for PyTorch itself; a missing baseline fails the
+    ratio."""
+    per = result["studies"].values()
+    out = {
+        "median_s": all(s["median_s"] <= TARGETS["median_s"] for s in per),
+        "speedup_vs_baseline": all((s["speedup_vs_baseline"] or 0) >= TARGETS["speedup_vs_baseline"] for s in per),
+        "cold_start_s": result["cold_start_s"] <= TARGETS["cold_start_s"],
+        "peak_rss_mb": result["peak_rss_mb"] <= TARGETS["peak_rss_mb"],
+        "mask_dice": all(s.get("agreement_vs_torch", {"mask_dice": 1.0})["mask_dice"] >= TARGETS["mask_dice"] for s in per),
+    }
+    out["all"] = all(out.values())
+    return out
 
 
 def agreement(ref_dir: Path, other_dir: Path) -> dict[str, float]:
@@ -201,39 +248,56 @@ def agreement(ref_dir: Path, other_dir: Path) -> dict[str, float]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The table ``ichseg bench`` prints."""
+    """The table ``ichseg bench`` prints: one row per study and path."""
     lines = [
-        "| path | slices (segmented) | median s/study | min–max s | × vs baseline | cold start s | peak RSS MB | "
+        "| study | path | slices (segmented) | median s/study | min–max s | × vs baseline | cold start s | peak RSS MB | "
         "segmenter GFLOP/slice | GFLOP/s (whole study) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in report["results"].values():
-        lines.append(
-            f"| {r['path']} | {r['slices']} ({r['segmented_slices']}) | {r['median_s']:.2f} | "
-            f"{r['min_s']:.2f}–{r['max_s']:.2f} | "
-            f"{r['speedup_vs_baseline']:.1f} | {r['cold_start_s']:.2f} | {r['peak_rss_mb']:.0f} | "
-            f"{r['segmenter_gflop_per_slice']:.1f} | {r['segmenter_gflop_per_s']:.0f} |"
-        )
-    for r in report["results"].values():
-        if "agreement_vs_torch" in r:
-            a = r["agreement_vs_torch"]
+    labels = list(next(iter(report["results"].values()))["studies"])
+    for label in labels:
+        for r in report["results"].values():
+            st = r["studies"][label]
+            ratio = f"{st['speedup_vs_baseline']:.1f}" if st["speedup_vs_baseline"] else "–"
             lines.append(
-                f"\n{r['path']} vs torch: mask Dice {a['mask_dice']:.4f}, largest probability difference "
-                f"{a['max_probability_difference']:.1e}, {a['verdicts_differing']} slice verdict(s) differ."
+                f"| {label} | {r['path']} | {st['slices']} ({st['segmented_slices']}) | {st['median_s']:.2f} | "
+                f"{st['min_s']:.2f}–{st['max_s']:.2f} | {ratio} | {r['cold_start_s']:.2f} | {r['peak_rss_mb']:.0f} | "
+                f"{r['segmenter_gflop_per_slice']:.1f} | {st['segmenter_gflop_per_s']:.0f} |"
             )
+    lines.append("")
+    for label in labels:
+        for r in report["results"].values():
+            a = r["studies"][label].get("agreement_vs_torch")
+            if a:
+                lines.append(
+                    f"{label}, {r['path']} vs torch: mask Dice {a['mask_dice']:.4f}, largest probability difference "
+                    f"{a['max_probability_difference']:.1e}, {a['verdicts_differing']} slice verdict(s) differ."
+                )
+    if "targets" in report:
+        t = report["targets"]
+        failed = [k for k, ok in t.items() if k != "all" and not ok]
+        verdict = "all met" if t["all"] else "NOT met: " + ", ".join(failed)
+        lines.append(f"default runtime ({report['default_runtime']}) against the targets {TARGETS}: {verdict}")
     return "\n".join(lines) + "\n"
+
+
+def _study_arg(text: str) -> tuple[str, Path]:
+    label, sep, path = text.partition("=")
+    if not sep or not label:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LABEL=PATH")
+    return label, Path(path)
 
 
 def _main() -> None:
     p = argparse.ArgumentParser(prog="python -m ichseg.bench", allow_abbrev=False)
     p.add_argument("--worker", choices=PATHS, required=True)
-    p.add_argument("--study", type=Path, required=True)
+    p.add_argument("--study", type=_study_arg, action="append", required=True, help="LABEL=PATH, repeatable")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args()
-    print(json.dumps(worker(a.worker, a.study, a.out, a.repeats, a.model, a.threads)))
+    print(json.dumps(worker(a.worker, dict(a.study), a.out, a.repeats, a.model, a.threads)))
 
 
 if __name__ == "__main__":

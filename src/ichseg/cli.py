@@ -24,13 +24,20 @@ def _config(args: argparse.Namespace, default_preset: str):
     from ichseg.config import RunConfig, from_dict, load_json, preset
 
     if getattr(args, "config", None):
-        return from_dict(RunConfig, load_json(args.config))
-    cfg = preset(args.preset or default_preset)
+        cfg = from_dict(RunConfig, load_json(args.config))
+    else:
+        cfg = preset(args.preset or default_preset)
     if getattr(args, "epochs", None):
         cfg = dataclasses.replace(
             cfg,
             train_unet=dataclasses.replace(cfg.train_unet, epochs=args.epochs),
             train_classifier=dataclasses.replace(cfg.train_classifier, epochs=min(args.epochs, cfg.train_classifier.epochs)),
+        )
+    if getattr(args, "device", None):
+        cfg = dataclasses.replace(
+            cfg,
+            train_unet=dataclasses.replace(cfg.train_unet, device=args.device),
+            train_classifier=dataclasses.replace(cfg.train_classifier, device=args.device),
         )
     return cfg
 
@@ -259,19 +266,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_paths(text: str) -> tuple[str, ...]:
+    known = ("baseline", "torch", "onnx", "openvino")
+    paths = tuple(p.strip() for p in text.split(","))
+    unknown = [p for p in paths if p not in known]
+    if unknown or not paths:
+        raise argparse.ArgumentTypeError(f"unknown path(s) {unknown}; choose from {', '.join(known)}")
+    return paths
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ichseg.bench import markdown, pick_study, run_bench
+    from ichseg.bench import markdown, pick_studies, run_bench
     from ichseg.config import save_json
     from ichseg.workflow import hardware
 
     out = Path(args.out)
-    study = pick_study(args.data, out)
+    studies = pick_studies(args.data, out)
     report = run_bench(
-        study, out, repeats=args.repeats, baseline_repeats=args.baseline_repeats, model_dir=args.model, threads=args.threads
+        studies,
+        out,
+        repeats=args.repeats,
+        baseline_repeats=args.baseline_repeats,
+        model_dir=args.model,
+        threads=args.threads,
+        paths=args.paths,
     )
     report["hardware"] = hardware()
     save_json(report, out / "bench.json")
-    print(f"study: {study}")
+    for label, study in studies.items():
+        print(f"{label} study: {study}")
     print(markdown(report), end="")
     print(f"-> {out / 'bench.json'}")
     return 0
@@ -394,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", type=Path, default=None, help="RunConfig JSON (overrides --preset)")
         sp.add_argument("--epochs", type=int, default=None, help="cap the number of epochs")
         sp.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+        sp.add_argument(
+            "--device", choices=("cpu", "cuda", "auto"), default=None, help="where to train (default: the configuration's, cpu)"
+        )
 
     s = sub.add_parser("train", help="index, preprocess, split and train (classifier, U-Net or both)", allow_abbrev=False)
     common(s)
@@ -426,9 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument(
         "--runtime",
-        choices=("torch", "onnx", "auto"),
+        choices=("torch", "onnx", "openvino", "auto"),
         default="auto",
-        help="inference back end; auto: ONNX Runtime when the bundle has current ONNX graphs, else PyTorch",
+        help="inference back end; auto: the fastest installed one that has current ONNX graphs "
+        "(OpenVINO, then ONNX Runtime), else PyTorch",
     )
     s.set_defaults(func=cmd_predict)
 
@@ -439,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int, default=5, help="timed runs per path")
     s.add_argument("--baseline-repeats", type=int, default=2, help="timed runs of the (slow) baseline")
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    s.add_argument(
+        "--paths",
+        type=_bench_paths,
+        default=None,
+        help="comma-separated subset of baseline,torch,onnx,openvino (default: all installed)",
+    )
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("export", help="export a model bundle's networks for another runtime", allow_abbrev=False)
@@ -479,17 +512,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _init_distributed(args: argparse.Namespace) -> None:
-    """Join the process group when launched by torchrun (it sets WORLD_SIZE, RANK, MASTER_*):
-    CPU processes on gloo. Only ``train`` runs distributed."""
+    """Join the process group when launched by torchrun (it sets WORLD_SIZE, RANK,
+    LOCAL_RANK, MASTER_*). Only ``train`` runs distributed: CPU processes on gloo, or, when
+    the configuration trains on a GPU, one GPU per process (that of LOCAL_RANK) on NCCL."""
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
     if args.command != "train":
         raise SystemExit(f"ichseg {args.command} does not run under torchrun; only `ichseg train` does")
+    import torch
     import torch.distributed as dist
 
-    dist.init_process_group(backend="gloo")  # the training loop runs on CPUs
+    device = _config(args, "cpu").train_unet.device
+    gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if gpu else "gloo")
     if dist.get_rank() > 0:
         args.no_progress = True
 

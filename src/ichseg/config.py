@@ -90,6 +90,11 @@ class TrainConfig:
     # Validate on every positive slice plus at most this many negatives (0 = all slices):
     # keeps per-epoch validation cheap at high resolution.
     val_max_negatives: int = 0
+    # Where the networks train: "cpu"; "cuda" (the process's current GPU: under torchrun
+    # the CLI gives each process the GPU of its LOCAL_RANK); or "auto" (cuda when this
+    # torch build sees a GPU, else cpu). Results on a GPU differ from CPU ones by float
+    # rounding, not by method.
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
-"""ONNX export of a model bundle and an ONNX Runtime back end for inference.
+"""ONNX export of a model bundle, and the ONNX Runtime and OpenVINO back ends that run it.
 
 The exported graphs take the same float input as the PyTorch modules (N, C, S, S) in
 [0, 1] and return the same logits, with a free batch dimension, so ``classify`` and
-``segment`` run unchanged on either back end. Each ``.onnx`` file has a JSON sidecar with
+``segment`` run unchanged on any back end. OpenVINO reads the same ``.onnx`` files (no
+second export) and compiles them for the CPU it finds, in float32: reduced precision
+(bf16) is never requested, because some virtual machines advertise AMX/AVX-512-BF16 in
+their CPU flags and then kill the process with "Illegal instruction" when it is used. Each ``.onnx`` file has a JSON sidecar with
 the SHA-256 of the safetensors it came from: a bundle whose weights changed after export
 is never run with stale graphs.
 """
@@ -91,9 +94,38 @@ class OrtModel:
         return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])
 
 
+class OpenVinoModel:
+    """An OpenVINO CPU model compiled from an ``.onnx`` graph, behind the same call
+    interface as :class:`OrtModel`. Precision is pinned to float32 (see the module note)."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import openvino as ov
+
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.path = Path(path)
+
+    def eval(self) -> OpenVinoModel:
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        self.request.infer({0: arr})
+        return torch.from_numpy(np.array(self.request.get_output_tensor(0).data, copy=True))
+
+
+GRAPH_RUNTIMES = {"onnx": ("onnxruntime", OrtModel), "openvino": ("openvino", OpenVinoModel)}
+
+
+def runtime_available(runtime: str) -> bool:
+    """True when the Python package behind ``runtime`` ("onnx" or "openvino") imports."""
+    import importlib.util
+
+    return importlib.util.find_spec(GRAPH_RUNTIMES[runtime][0]) is not None
+
+
 def onnxruntime_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return runtime_available("onnx")

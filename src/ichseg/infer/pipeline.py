@@ -20,6 +20,8 @@ from ichseg.config import ClassifierConfig, PipelineConfig, PreprocessConfig, UN
 from ichseg.train.checkpoint import load_model, load_model_config
 
 log = logging.getLogger(__name__)
+RUNTIMES = ("torch", "onnx", "openvino", "auto")
+AUTO_ORDER = ("openvino", "onnx")  # fastest first, as measured by `ichseg bench` (docs/PERFORMANCE.md)
 
 
 @dataclass
@@ -41,35 +43,47 @@ class Bundle:
         return tuple(sorted(set(self.classifier_config.windows) | set(self.unet_config.windows)))
 
 
+def resolve_runtime(model_dir: Path, runtime: str = "auto") -> str:
+    """The back end ``load_bundle`` will use: ``runtime`` itself after checking that it can
+    run this bundle (errors say what is missing), or for "auto" the first usable of
+    OpenVINO, ONNX Runtime and PyTorch."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r} ({', '.join(RUNTIMES)})")
+    if runtime == "torch":
+        return runtime
+    from ichseg.infer.onnx_runtime import onnx_is_current, runtime_available
+
+    current = onnx_is_current(model_dir)
+    if runtime == "auto":
+        return next((r for r in AUTO_ORDER if current and runtime_available(r)), "torch")
+    if not current:
+        raise FileNotFoundError(f"{model_dir}: no current ONNX graphs (run `ichseg export --onnx --model {model_dir}`)")
+    if not runtime_available(runtime):
+        raise ModuleNotFoundError(f"runtime {runtime!r} is not installed (pip install 'ichseg[{runtime}]')")
+    return runtime
+
+
 def load_bundle(model_dir: Path, runtime: str = "torch") -> Bundle:
     """Load a bundle folder; errors name the missing or bad file.
 
-    ``runtime``: "torch"; "onnx" (ONNX Runtime on graphs made by ``ichseg export --onnx``,
-    an error if they are missing or stale); or "auto" (ONNX when it is installed and the
-    graphs are current, else PyTorch)."""
+    ``runtime``: "torch"; "onnx" (ONNX Runtime) or "openvino" (OpenVINO, float32), both on
+    the graphs made by ``ichseg export --onnx`` (an error if they are missing or stale, or
+    the package is not installed); or "auto": the fastest usable one, in the order
+    measured by ``ichseg bench`` on this project's machine: OpenVINO, ONNX Runtime, PyTorch."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: model folder not found")
     for name in ("classifier.json", "classifier.safetensors", "unet.json", "unet.safetensors", "pipeline.json"):
         if not (model_dir / name).exists():
             raise FileNotFoundError(f"{model_dir / name}: missing from the model bundle")
-    if runtime not in ("torch", "onnx", "auto"):
-        raise ValueError(f"unknown runtime {runtime!r} (torch, onnx or auto)")
-    if runtime != "torch":
-        from ichseg.infer.onnx_runtime import onnx_is_current, onnxruntime_available
+    runtime = resolve_runtime(model_dir, runtime)
+    if runtime != "torch":  # the graphs carry the weights: only the configs are read
+        from ichseg.infer.onnx_runtime import GRAPH_RUNTIMES
 
-        usable = onnxruntime_available() and onnx_is_current(model_dir)
-        if runtime == "onnx" and not usable:
-            raise FileNotFoundError(
-                f"{model_dir}: no current ONNX graphs or no onnxruntime (run `ichseg export --onnx --model {model_dir}`)"
-            )
-        runtime = "onnx" if usable else "torch"
-    if runtime == "onnx":  # the graphs carry the weights: only the configs are read
-        from ichseg.infer.onnx_runtime import OrtModel
-
+        model_class = GRAPH_RUNTIMES[runtime][1]
         ccfg, cmeta = load_model_config(model_dir / "classifier")
         ucfg, umeta = load_model_config(model_dir / "unet")
-        classifier, unet = OrtModel(model_dir / "classifier.onnx"), OrtModel(model_dir / "unet.onnx")
+        classifier, unet = model_class(model_dir / "classifier.onnx"), model_class(model_dir / "unet.onnx")
     else:
         classifier, ccfg, cmeta = load_model(model_dir / "classifier")
         unet, ucfg, umeta = load_model(model_dir / "unet")

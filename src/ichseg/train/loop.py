@@ -87,9 +87,29 @@ def dice_from_sums(s: np.ndarray) -> float:
     return float(2 * s[0] / denom) if denom else 1.0
 
 
+def resolve_device(name: str) -> torch.device:
+    """``TrainConfig.device`` as a torch device; asking for a GPU torch cannot see is an
+    error, not a silent fall-back to hours of CPU training."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if name in ("cuda", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if name == "cuda":
+            raise ValueError(f"device 'cuda': this torch ({torch.__version__}) sees no GPU; use 'cpu' or 'auto'")
+        return torch.device("cpu")
+    raise ValueError(f"unknown device {name!r} (cpu, cuda or auto)")
+
+
 @torch.no_grad()
 def validate(
-    model: nn.Module, data: Arrays, segmenter: bool, loss_fn: nn.Module, channels_last: bool, batch: int = 16
+    model: nn.Module,
+    data: Arrays,
+    segmenter: bool,
+    loss_fn: nn.Module,
+    channels_last: bool,
+    batch: int = 16,
+    device: torch.device | None = None,
 ) -> tuple[float, float]:
     """(mean loss, score): global Dice for the U-Net, ROC AUC for the classifier; both NaN
     with no validation slices (fixed-length training on every patient)."""
@@ -98,14 +118,14 @@ def validate(
     model.eval()
     losses, sums, scores = [], np.zeros(3), []
     for i in range(0, len(data.images), batch):
-        x = to_tensor(data.images[i : i + batch], channels_last)
+        x = to_tensor(data.images[i : i + batch], channels_last).to(device or "cpu")
         out = model(x)
         if segmenter:
-            y = torch.from_numpy(data.masks[i : i + batch]).unsqueeze(1).float()
+            y = torch.from_numpy(data.masks[i : i + batch]).unsqueeze(1).float().to(out.device)
             sums += dice_sums(out, y)
         else:
-            y = torch.from_numpy(data.classifier_targets()[i : i + batch]).float()
-            scores.append(torch.sigmoid(out[:, 0]))
+            y = torch.from_numpy(data.classifier_targets()[i : i + batch]).float().to(out.device)
+            scores.append(torch.sigmoid(out[:, 0]).cpu())
         losses.append(loss_fn(out, y).item() * len(x))
     model.train()
     loss = float(np.sum(losses) / max(len(data.images), 1))
@@ -142,7 +162,8 @@ def train_model(
     torch.set_flush_denormal(True)
     segmenter = isinstance(model_config, UNetConfig)
     torch.manual_seed(config.seed)
-    model = build_model(model_config)
+    device = resolve_device(config.device)
+    model = build_model(model_config).to(device)  # before the optimizer, so its state lives there too
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     log.info("%s: %s parameters", type(model).__name__, f"{count_parameters(model):,}")
@@ -173,7 +194,8 @@ def train_model(
             raise ValueError(f"every batch needs at least {world} slices to split over {world} processes")
         from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(model)  # averages gradients over processes; same start weights
+        # averages gradients over processes (gloo on CPUs, NCCL on GPUs); same start weights
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     stopped_early = state.get("stopped_early", False)
     t_start = time.perf_counter() - state["seconds"]
 
@@ -212,6 +234,7 @@ def train_model(
             if world > 1:  # every process prepares the whole batch (same augmentation), trains on its share
                 share = np.array_split(np.arange(len(idx)), world)[rank]
                 x, y, idx = x[share], y[share], idx[share]
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x)
             loss = loss_fn(out, y)
             optimizer.zero_grad(set_to_none=True)
@@ -226,7 +249,7 @@ def train_model(
                 correct = float(((out.detach()[:, 0] > 0).float() == y[:, 0]).sum())
                 step_sums = [loss.item() * len(idx), len(idx), correct, len(idx)]
             rs = state["run_sums"]
-            for k, v in enumerate(_all_sum(step_sums, world)):
+            for k, v in enumerate(_all_sum(step_sums, world, device)):
                 rs[k] += v
             running = (2 * rs[2] / rs[3] if segmenter else rs[2] / rs[3]) if rs[3] else 1.0
             state["step_in_epoch"] = step + 1
@@ -253,7 +276,9 @@ def train_model(
         rs = state["run_sums"]
         # process 0 validates and tells the others, so all take the same early-stopping path
         val_loss, val_score = _broadcast(
-            validate(core, val, segmenter, loss_fn, config.channels_last) if rank == 0 else (0.0, 0.0), world
+            validate(core, val, segmenter, loss_fn, config.channels_last, device=device) if rank == 0 else (0.0, 0.0),
+            world,
+            device,
         )
         row = {
             "epoch": epoch + 1,
@@ -311,22 +336,23 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _all_sum(values: list[float], world: int) -> list[float]:
+def _all_sum(values: list[float], world: int, device: torch.device) -> list[float]:
+    """Sum over processes; the tensor sits on the training device, as NCCL requires."""
     if world == 1:
         return values
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
 
 
-def _broadcast(values: tuple[float, float], world: int) -> tuple[float, float]:
+def _broadcast(values: tuple[float, float], world: int, device: torch.device) -> tuple[float, float]:
     if world == 1:
         return values
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.broadcast(t, src=0)
     return float(t[0]), float(t[1])
 
