@@ -25,7 +25,7 @@ def bundle():
 
 
 def test_shipped_bundle_is_complete_small_and_credited() -> None:
-    from ichseg.infer.onnx_runtime import onnx_is_current
+    from ichseg.infer.runtimes import onnx_is_current
 
     assert all((PACKAGED_MODEL / n).exists() for n in BUNDLE_FILES)
     assert onnx_is_current(PACKAGED_MODEL)  # graphs exported from exactly these weights
@@ -55,10 +55,11 @@ def test_shipped_model_finds_an_obvious_bleed(tmp_path: Path) -> None:
     a, b = (json.loads((tmp_path / r / "predictions.json").read_text()) for r in ("a", "b"))
     assert a["slices_detail"] == b["slices_detail"]
     assert Path(a["model"]).resolve() == PACKAGED_MODEL.resolve()
-    # the default runtime is ONNX Runtime when it is installed (the shipped graphs are current)
-    from ichseg.infer.onnx_runtime import onnxruntime_available
+    # the default runtime is the fastest graph runtime installed (the shipped graphs are current)
+    from ichseg.infer.pipeline import AUTO_ORDER
+    from ichseg.infer.runtimes import runtime_available
 
-    assert a["runtime"] == ("onnx" if onnxruntime_available() else "torch")
+    assert a["runtime"] == next((r for r in AUTO_ORDER if runtime_available(r)), "torch")
     rows = a["slices_detail"]
     mid = next(r for r in rows if str(r["slice"]) == "2")
     assert mid["hemorrhage"] == 1
@@ -102,3 +103,24 @@ def test_shipped_model_calls_a_real_bleeding_study_positive(tmp_path: Path) -> N
     folder = next(p for p in (REAL_DATA / "Patients_CT").iterdir() if int(p.name) == int(pid))
     assert main(["predict", str(folder), "--out", str(tmp_path / "pred"), "--no-overlays"]) == 0
     assert json.loads((tmp_path / "pred" / "predictions.json").read_text())["study_hemorrhage"] == 1
+
+
+def test_graph_runtimes_predict_without_importing_pytorch(tmp_path: Path) -> None:
+    """A prediction process on ONNX Runtime or OpenVINO never loads PyTorch (cold start and
+    memory): checked in a fresh interpreter, through the CLI."""
+    import subprocess
+    import sys
+
+    from ichseg.infer.runtimes import runtime_available
+
+    write_lesion_study(tmp_path / "patient", seed=1, n_slices=3)
+    for runtime in (r for r in ("onnx", "openvino") if runtime_available(r)):
+        code = (
+            "import sys; from ichseg.cli import main; "
+            f"rc = main(['predict', {str(tmp_path / 'patient')!r}, '--out', {str(tmp_path / runtime)!r}, "
+            f"'--runtime', {runtime!r}, '--no-progress']); "
+            "print('torch' in sys.modules); sys.exit(rc)"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip().splitlines()[-1] == "False", f"{runtime} imported torch"

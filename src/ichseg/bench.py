@@ -57,7 +57,7 @@ def pick_studies(data_dir: Path | None, work_dir: Path, n_slices: int = 30) -> d
 
 def available_paths() -> tuple[str, ...]:
     """The baseline, PyTorch, and each graph runtime that is installed here."""
-    from ichseg.infer.onnx_runtime import runtime_available
+    from ichseg.infer.runtimes import runtime_available
 
     return tuple(p for p in PATHS if p in ("baseline", "torch") or runtime_available(p))
 
@@ -97,31 +97,26 @@ def worker(
     """Time one path ``repeats`` times per study in this (fresh) process; the import and
     model load before the first call is the cold start."""
     t_start = time.perf_counter()
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
     if path == "baseline":
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)
         from ichseg.config import UNetConfig
         from ichseg.models import build_model
 
         torch.manual_seed(0)
         model = build_model(UNetConfig()).eval()
         run = lambda study, o: _baseline_once(study, o, model)  # noqa: E731
-        cold = time.perf_counter() - t_start
-        flops = flops_per_slice(model, 1, 512)
-    else:
+    else:  # a graph runtime never imports PyTorch: that is part of its cold start and memory
         from ichseg.infer.pipeline import load_bundle
         from ichseg.infer.predict import predict_path
         from ichseg.release import default_model_dir
 
-        bundle = load_bundle(model_dir or default_model_dir(), runtime=path)
+        bundle = load_bundle(model_dir or default_model_dir(), runtime=path, threads=threads)
         run = lambda study, o: predict_path(bundle, study, o, write_overlays=True)  # noqa: E731
-        cold = time.perf_counter() - t_start  # import + model load, nothing else
-        torch_bundle = bundle if path == "torch" else load_bundle(bundle.path)
-        u = torch_bundle.unet_config
-        flops = flops_per_slice(torch_bundle.unet, u.in_channels, u.input_size_px) * (2 if bundle.pipeline.tta_flip else 1)
+    cold = time.perf_counter() - t_start  # import + model load, nothing else
     per_study = {}
     for label, study in studies.items():
         times = []
@@ -140,18 +135,28 @@ def worker(
             "median_s": statistics.median(times),
             "min_s": min(times),
             "max_s": max(times),
-            # the segmenter's work over the whole study's time: a lower bound on the
-            # segmenter's own rate, since reading, the classifier and writing are in the time
-            "segmenter_gflop_per_s": flops * segmented / 1e9 / statistics.median(times),
         }
     return {
         "path": path,
         "cold_start_s": cold,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "segmenter_gflop_per_slice": flops / 1e9,
-        "threads": torch.get_num_threads(),
+        "torch_imported": "torch" in sys.modules,
         "studies": per_study,
     }
+
+
+def segmenter_gflop_per_slice(path: str, model_dir: Path) -> float:
+    """The segmenter's forward FLOPs per slice on ``path``: the paper's U-Net at 512×512 for
+    the baseline, else the bundle's U-Net (×2 with flip TTA, which runs it twice)."""
+    from ichseg.config import UNetConfig
+    from ichseg.infer.pipeline import load_bundle
+    from ichseg.models import build_model
+
+    if path == "baseline":
+        return flops_per_slice(build_model(UNetConfig()), 1, 512) / 1e9
+    bundle = load_bundle(model_dir, runtime="torch")
+    u = bundle.unet_config
+    return flops_per_slice(bundle.unet.module, u.in_channels, u.input_size_px) / 1e9 * (2 if bundle.pipeline.tta_flip else 1)
 
 
 def run_bench(
@@ -170,7 +175,7 @@ def run_bench(
 
     The graph runtimes need ONNX graphs exported from the bundle's weights; when the
     bundle has none, a copy is exported under ``out_dir`` and the bundle is not touched."""
-    from ichseg.infer.onnx_runtime import export_onnx, onnx_is_current
+    from ichseg.infer.onnx_export import export_onnx, onnx_is_current
     from ichseg.infer.pipeline import resolve_runtime
     from ichseg.release import default_model_dir
 
@@ -196,9 +201,14 @@ def run_bench(
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"bench path {path} failed:\n{proc.stderr[-2000:]}")
-        results[path] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[path] = r = json.loads(proc.stdout.strip().splitlines()[-1])
+        r["segmenter_gflop_per_slice"] = segmenter_gflop_per_slice(path, model_dir)
+        r["threads"] = threads or "runtime default"
     for path, r in results.items():
         for label, st in r["studies"].items():
+            # the segmenter's work over the whole study's time: a lower bound on the
+            # segmenter's own rate, since reading, the classifier and writing are in the time
+            st["segmenter_gflop_per_s"] = r["segmenter_gflop_per_slice"] * st["segmented_slices"] / st["median_s"]
             base = results.get("baseline", {}).get("studies", {}).get(label)
             st["speedup_vs_baseline"] = base["median_s"] / st["median_s"] if base else None
             if path not in ("torch", "baseline") and "torch" in results:

@@ -259,7 +259,7 @@ def _predict_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ichseg.infer.onnx_runtime import export_onnx
+    from ichseg.infer.onnx_export import export_onnx
 
     for path in export_onnx(_model_dir(args)):
         print(f"exported {path}")
@@ -533,13 +533,17 @@ def _init_distributed(args: argparse.Namespace) -> None:
         args.no_progress = True
 
 
-def main(argv: list[str] | None = None) -> int:
-    import torch
+TORCH_COMMANDS = ("train", "evaluate", "cv", "release", "run", "export")
 
-    # Flush denormal floats to zero before torch starts its worker threads (they inherit
-    # the setting): late in training, denormal gradients make backward passes ~5× slower.
-    torch.set_flush_denormal(True)
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in TORCH_COMMANDS:  # predict and bench load PyTorch only if their runtime needs it
+        import torch
+
+        # Flush denormal floats to zero before torch starts its worker threads (they inherit
+        # the setting): late in training, denormal gradients make backward passes ~5× slower.
+        torch.set_flush_denormal(True)
     _init_distributed(args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from ichseg.data.ctich import DatasetError

@@ -281,3 +281,21 @@ def preset(name: str) -> RunConfig:
 
 
 PRESETS = ("paper", "paper-cpu", "cpu", "fast", "fast-ctx", "hires", "hires-long", "demo")
+
+
+def model_stem(path_stem: Path) -> Path:
+    """``runs/x/unet``, ``runs/x/unet.json`` and ``runs/x/unet.safetensors`` all name one model."""
+    path_stem = Path(path_stem)
+    return path_stem.with_suffix("") if path_stem.suffix in (".json", ".safetensors") else path_stem
+
+
+def load_model_config(path_stem: Path) -> tuple[UNetConfig | ClassifierConfig, dict[str, Any]]:
+    """The config and metadata of a model's ``<stem>.json``, without its weights: all that
+    the graph runtimes need, and readable without PyTorch."""
+    path_stem = model_stem(path_stem)
+    meta = load_json(path_stem.with_suffix(".json"))
+    kind = meta.get("kind")
+    cls = {"unet": UNetConfig, "classifier": ClassifierConfig}.get(kind)  # type: ignore[arg-type]
+    if cls is None:
+        raise ValueError(f"{path_stem.with_suffix('.json')}: unknown model kind {kind!r}")
+    return from_dict(cls, meta["config"]), meta

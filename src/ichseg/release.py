@@ -148,7 +148,7 @@ def install(bundle_dir: Path, dest: Path = PACKAGED_MODEL) -> Path:
     for n in names:
         (dest / f".{n}.tmp").replace(dest / n)
     try:  # the ONNX graphs make `predict --runtime auto` (the default) use ONNX Runtime
-        from ichseg.infer.onnx_runtime import export_onnx
+        from ichseg.infer.onnx_export import export_onnx
 
         export_onnx(dest)
     except ImportError:

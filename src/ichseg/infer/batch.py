@@ -57,14 +57,10 @@ _BUNDLE = None
 
 
 def _init_worker(model_dir: str, runtime: str, threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
     global _BUNDLE
     from ichseg.infer.pipeline import load_bundle
 
-    _BUNDLE = load_bundle(Path(model_dir), runtime=runtime)
+    _BUNDLE = load_bundle(Path(model_dir), runtime=runtime, threads=threads)
 
 
 def _predict_study(study: str, out_root: str, overlays: bool) -> dict[str, Any]:
@@ -111,7 +107,7 @@ def predict_batch(
 ) -> dict[str, Any]:
     """Predict every study under ``root`` not yet finished in ``out_root``.
 
-    ``workers`` processes share the CPU cores (torch threads = cores // workers); at most
+    ``workers`` processes share the CPU cores (threads per network = cores // workers); at most
     ``2 × workers`` studies are queued at once, so memory stays bounded however many
     studies there are. ``on_result(row, done, total)`` is called as each study finishes.
     """

@@ -1,7 +1,9 @@
 """The two-stage pipeline at inference time, built only from files on disk (no training code).
 
 A model bundle is a folder with ``classifier.{safetensors,json}``, ``unet.{safetensors,json}``
-and ``pipeline.json`` (operating point and preprocessing).
+and ``pipeline.json`` (operating point and preprocessing), optionally with the ONNX graphs
+of both networks. Importing this module does not import PyTorch: with a graph runtime, a
+prediction process never loads it (see :mod:`ichseg.infer.runtimes`).
 """
 
 from __future__ import annotations
@@ -11,13 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ichseg.config import ClassifierConfig, PipelineConfig, PreprocessConfig, UNetConfig, from_dict, load_json
-from ichseg.train.checkpoint import load_model, load_model_config
+from ichseg.config import (
+    ClassifierConfig,
+    PipelineConfig,
+    PreprocessConfig,
+    UNetConfig,
+    from_dict,
+    load_json,
+    load_model_config,
+)
+from ichseg.infer.runtimes import GRAPH_RUNTIMES, Network, TorchNetwork, as_network, onnx_is_current, runtime_available
 
 log = logging.getLogger(__name__)
 RUNTIMES = ("torch", "onnx", "openvino", "auto")
@@ -28,9 +36,9 @@ AUTO_ORDER = ("openvino", "onnx")  # fastest first, as measured by `ichseg bench
 class Bundle:
     """A loaded model bundle."""
 
-    classifier: nn.Module
+    classifier: Network
     classifier_config: ClassifierConfig
-    unet: nn.Module
+    unet: Network
     unet_config: UNetConfig
     pipeline: PipelineConfig
     preprocess: PreprocessConfig
@@ -51,8 +59,6 @@ def resolve_runtime(model_dir: Path, runtime: str = "auto") -> str:
         raise ValueError(f"unknown runtime {runtime!r} ({', '.join(RUNTIMES)})")
     if runtime == "torch":
         return runtime
-    from ichseg.infer.onnx_runtime import onnx_is_current, runtime_available
-
     current = onnx_is_current(model_dir)
     if runtime == "auto":
         return next((r for r in AUTO_ORDER if current and runtime_available(r)), "torch")
@@ -63,13 +69,14 @@ def resolve_runtime(model_dir: Path, runtime: str = "auto") -> str:
     return runtime
 
 
-def load_bundle(model_dir: Path, runtime: str = "torch") -> Bundle:
+def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = None) -> Bundle:
     """Load a bundle folder; errors name the missing or bad file.
 
     ``runtime``: "torch"; "onnx" (ONNX Runtime) or "openvino" (OpenVINO, float32), both on
     the graphs made by ``ichseg export --onnx`` (an error if they are missing or stale, or
     the package is not installed); or "auto": the fastest usable one, in the order
-    measured by ``ichseg bench`` on this project's machine: OpenVINO, ONNX Runtime, PyTorch."""
+    measured by ``ichseg bench`` on this project's machine: OpenVINO, ONNX Runtime, PyTorch.
+    ``threads``: CPU threads of each network (default: the runtime's choice)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: model folder not found")
@@ -77,16 +84,19 @@ def load_bundle(model_dir: Path, runtime: str = "torch") -> Bundle:
         if not (model_dir / name).exists():
             raise FileNotFoundError(f"{model_dir / name}: missing from the model bundle")
     runtime = resolve_runtime(model_dir, runtime)
+    classifier: Network
+    unet: Network
     if runtime != "torch":  # the graphs carry the weights: only the configs are read
-        from ichseg.infer.onnx_runtime import GRAPH_RUNTIMES
-
-        model_class = GRAPH_RUNTIMES[runtime][1]
+        network = GRAPH_RUNTIMES[runtime][1]
         ccfg, cmeta = load_model_config(model_dir / "classifier")
         ucfg, umeta = load_model_config(model_dir / "unet")
-        classifier, unet = model_class(model_dir / "classifier.onnx"), model_class(model_dir / "unet.onnx")
+        classifier, unet = network(model_dir / "classifier.onnx", threads), network(model_dir / "unet.onnx", threads)
     else:
-        classifier, ccfg, cmeta = load_model(model_dir / "classifier")
-        unet, ucfg, umeta = load_model(model_dir / "unet")
+        from ichseg.train.checkpoint import load_model
+
+        c_module, ccfg, cmeta = load_model(model_dir / "classifier")
+        u_module, ucfg, umeta = load_model(model_dir / "unet")
+        classifier, unet = TorchNetwork(c_module, threads), TorchNetwork(u_module, threads)
     body = load_json(model_dir / "pipeline.json")
     assert isinstance(ccfg, ClassifierConfig) and isinstance(ucfg, UNetConfig)
     body = {**body, "runtime": runtime}
@@ -107,37 +117,48 @@ def _batches(n: int, size: int):
         yield slice(i, min(i + size, n))
 
 
-@torch.inference_mode()
-def classify(model: nn.Module, images_u8: np.ndarray, batch: int = 16) -> np.ndarray:
-    """Probabilities (N, heads) from uint8 (N, C, S, S) inputs; column 0 is hemorrhage."""
-    model.eval()
-    out = [torch.sigmoid(model(torch.from_numpy(images_u8[s]).float().div_(255))) for s in _batches(len(images_u8), batch)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Logistic function in float32, without overflow warnings for large negative logits."""
+    x = np.asarray(logits, np.float32)
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1 / (1 + np.exp(-x[pos]))
+    e = np.exp(x[~pos])
+    out[~pos] = e / (1 + e)
+    return out
 
 
-@torch.inference_mode()
+def classify(model: Any, images_u8: np.ndarray, batch: int = 16) -> np.ndarray:
+    """Probabilities (N, heads) from uint8 (N, C, S, S) inputs; column 0 is hemorrhage.
+    ``model``: a network of any runtime, or a bare PyTorch module."""
+    net = as_network(model)
+    out = [sigmoid(net(images_u8[s].astype(np.float32) / 255)) for s in _batches(len(images_u8), batch)]
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
 def segment(
-    model: nn.Module, images_u8: np.ndarray, out_size_px: int | tuple[int, int], batch: int = 8, tta_flip: bool = False
+    model: Any, images_u8: np.ndarray, out_size_px: int | tuple[int, int], batch: int = 4, tta_flip: bool = False
 ) -> np.ndarray:
-    """Blood probability maps (N, H, W) float32 at ``out_size_px``, upsampled bilinearly from
-    the U-Net's resolution so that metrics and masks are always at full size.
+    """Blood probability maps (N, H, W) float32 at ``out_size_px`` (an int, or (H, W)),
+    upsampled bilinearly (half-pixel centres, as PyTorch's ``align_corners=False``) from
+    the U-Net's resolution, so that metrics and masks are always at full size.
 
     ``tta_flip`` averages the probabilities of each slice and of its left-right mirror
     (mirrored back): the head is nearly symmetric, so this costs 2× and smooths errors
-    that depend on the side."""
-    model.eval()
-    size = (out_size_px, out_size_px) if isinstance(out_size_px, int) else out_size_px
+    that depend on the side. ``batch`` slices per call (2× that with the mirrors) bounds
+    the memory a heavy study needs."""
+    net = as_network(model)
+    size = (out_size_px, out_size_px) if isinstance(out_size_px, int) else tuple(out_size_px)
     out = np.zeros((len(images_u8), *size), np.float32)
     for s in _batches(len(images_u8), batch):
-        x = torch.from_numpy(images_u8[s]).float().div_(255).contiguous(memory_format=torch.channels_last)
+        x = images_u8[s].astype(np.float32) / 255
         if tta_flip:  # one call on the slices and their mirrors together
-            both = torch.sigmoid(model(torch.cat([x, x.flip(-1)])))
-            prob = (both[: len(x)] + both[len(x) :].flip(-1)) / 2
+            both = sigmoid(net(np.concatenate([x, x[..., ::-1]])))[:, 0]
+            prob = (both[: len(x)] + both[len(x) :, :, ::-1]) / 2
         else:
-            prob = torch.sigmoid(model(x))
-        if prob.shape[-2:] != size:
-            prob = F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
-        out[s] = prob[:, 0].numpy()
+            prob = sigmoid(net(x))[:, 0]
+        for j, p in enumerate(prob):
+            out[s.start + j] = p if p.shape == size else cv2.resize(p, size[::-1], interpolation=cv2.INTER_LINEAR)
     return out
 
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ichseg.config import ClassifierConfig, UNetConfig, from_dict, load_json, save_json
+from ichseg.config import ClassifierConfig, UNetConfig, load_model_config, model_stem, save_json
 from ichseg.io import atomic_write
 from ichseg.models import build_model
 
@@ -41,25 +41,9 @@ def save_model(model: nn.Module, config: UNetConfig | ClassifierConfig, path_ste
     save_json({"kind": kind, "config": to_dict(config), **meta}, path_stem.with_suffix(".json"))
 
 
-def _stem(path_stem: Path) -> Path:
-    path_stem = Path(path_stem)
-    return path_stem.with_suffix("") if path_stem.suffix in (".json", ".safetensors") else path_stem
-
-
-def load_model_config(path_stem: Path) -> tuple[UNetConfig | ClassifierConfig, dict[str, Any]]:
-    """The config and metadata of ``<stem>.json``, without the weights (for other runtimes)."""
-    path_stem = _stem(path_stem)
-    meta = load_json(path_stem.with_suffix(".json"))
-    kind = meta.get("kind")
-    cls = {"unet": UNetConfig, "classifier": ClassifierConfig}.get(kind)  # type: ignore[arg-type]
-    if cls is None:
-        raise ValueError(f"{path_stem.with_suffix('.json')}: unknown model kind {kind!r}")
-    return from_dict(cls, meta["config"]), meta
-
-
 def load_model(path_stem: Path) -> tuple[nn.Module, UNetConfig | ClassifierConfig, dict[str, Any]]:
     """Rebuild a model from ``<stem>.json`` and load ``<stem>.safetensors`` into it (eval mode)."""
-    path_stem = _stem(path_stem)
+    path_stem = model_stem(path_stem)
     config, meta = load_model_config(path_stem)
     model = build_model(config)
     weights = path_stem.with_suffix(".safetensors")

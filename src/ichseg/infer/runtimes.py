@@ -1,0 +1,116 @@
+"""The back ends that run a bundle's two networks: PyTorch, ONNX Runtime and OpenVINO.
+
+Each back end is a *network*: a callable from float32 numpy (N, C, S, S) in [0, 1] to
+float32 numpy logits, so that everything around the networks (sigmoid, flip averaging,
+resizing, thresholds) is one numpy code path whatever runs them. This module imports no
+deep-learning package itself: the graph runtimes then start without PyTorch, which
+saves about a second of cold start and 200 MB of memory per process.
+
+The graph runtimes read the ``<stage>.onnx`` files written by ``ichseg export --onnx``
+(:mod:`ichseg.infer.onnx_export`). OpenVINO compiles them for the CPU it finds, pinned to
+float32: reduced precision (bf16) is never requested, because some virtual machines
+advertise AMX/AVX-512-BF16 in their CPU flags and then kill the process with "Illegal
+instruction" when it is used (seen on this project's machine).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ichseg.io import sha256_file
+
+STAGES = ("classifier", "unet")
+
+
+class Network(Protocol):
+    """What the pipeline calls: float32 (N, C, S, S) in, float32 logits (N, K, ...) out."""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+
+class TorchNetwork:
+    """A PyTorch module behind the numpy interface (inference mode, channels-last)."""
+
+    def __init__(self, module: Any, threads: int | None = None) -> None:
+        import torch
+
+        torch.set_flush_denormal(True)
+        if threads:
+            torch.set_num_threads(threads)
+        self.module = module.eval()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            out = self.module(t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t)
+            return out.float().numpy()
+
+
+class OrtNetwork:
+    """An ONNX Runtime CPU session on an ``.onnx`` graph."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.path = Path(path)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+class OpenVinoNetwork:
+    """An OpenVINO CPU model compiled from an ``.onnx`` graph, float32 (see the module note)."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import openvino as ov
+
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.path = Path(path)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        return np.array(self.request.get_output_tensor(0).data, copy=True)
+
+
+GRAPH_RUNTIMES: dict[str, tuple[str, type]] = {"onnx": ("onnxruntime", OrtNetwork), "openvino": ("openvino", OpenVinoNetwork)}
+
+
+def as_network(model: Any) -> Network:
+    """A network as is; a bare PyTorch module wrapped in :class:`TorchNetwork` (training and
+    evaluation code pass their modules straight in)."""
+    if isinstance(model, TorchNetwork | OrtNetwork | OpenVinoNetwork):
+        return model
+    return TorchNetwork(model)
+
+
+def runtime_available(runtime: str) -> bool:
+    """True when the Python package behind ``runtime`` ("onnx" or "openvino") is installed."""
+    return importlib.util.find_spec(GRAPH_RUNTIMES[runtime][0]) is not None
+
+
+def onnx_is_current(model_dir: Path) -> bool:
+    """True when every stage has an ``.onnx`` exported from its current safetensors."""
+    for stage in STAGES:
+        side = Path(model_dir) / f"{stage}.onnx.json"
+        if not (Path(model_dir) / f"{stage}.onnx").exists() or not side.exists():
+            return False
+        if json.loads(side.read_text())["source_sha256"] != sha256_file(Path(model_dir) / f"{stage}.safetensors"):
+            return False
+    return True
