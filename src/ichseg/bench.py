@@ -220,19 +220,22 @@ def run_bench(
     return report
 
 
-def check_targets(result: dict[str, Any]) -> dict[str, bool]:
-    """Each of the issue's targets (``TARGETS``) against one path's figures, on every study.
-    The agreement target holds trivially for PyTorch itself; a missing baseline fails the
-    ratio."""
-    per = result["studies"].values()
-    out = {
-        "median_s": all(s["median_s"] <= TARGETS["median_s"] for s in per),
-        "speedup_vs_baseline": all((s["speedup_vs_baseline"] or 0) >= TARGETS["speedup_vs_baseline"] for s in per),
-        "cold_start_s": result["cold_start_s"] <= TARGETS["cold_start_s"],
-        "peak_rss_mb": result["peak_rss_mb"] <= TARGETS["peak_rss_mb"],
-        "mask_dice": all(s.get("agreement_vs_torch", {"mask_dice": 1.0})["mask_dice"] >= TARGETS["mask_dice"] for s in per),
-    }
-    out["all"] = all(out.values())
+def check_targets(result: dict[str, Any]) -> dict[str, dict[str, bool]]:
+    """Each of the issue's targets (``TARGETS``) against one path's figures, per study:
+    ``{study: {target: met, ..., "all": ...}}``. Cold start and peak memory are per
+    process, so the same for every study; agreement holds trivially for PyTorch itself; a
+    missing baseline fails the ratio. The issue sets the targets for a 30-slice study;
+    the "heavy" study is a stress case, reported against the same figures."""
+    out = {}
+    for label, st in result["studies"].items():
+        t = {
+            "median_s": st["median_s"] <= TARGETS["median_s"],
+            "speedup_vs_baseline": (st["speedup_vs_baseline"] or 0) >= TARGETS["speedup_vs_baseline"],
+            "cold_start_s": result["cold_start_s"] <= TARGETS["cold_start_s"],
+            "peak_rss_mb": result["peak_rss_mb"] <= TARGETS["peak_rss_mb"],
+            "mask_dice": st.get("agreement_vs_torch", {"mask_dice": 1.0})["mask_dice"] >= TARGETS["mask_dice"],
+        }
+        out[label] = {**t, "all": all(t.values())}
     return out
 
 
@@ -284,10 +287,11 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{a['max_probability_difference']:.1e}, {a['verdicts_differing']} slice verdict(s) differ."
                 )
     if "targets" in report:
-        t = report["targets"]
-        failed = [k for k, ok in t.items() if k != "all" and not ok]
-        verdict = "all met" if t["all"] else "NOT met: " + ", ".join(failed)
-        lines.append(f"default runtime ({report['default_runtime']}) against the targets {TARGETS}: {verdict}")
+        lines.append(f"\ntargets: {TARGETS}")
+        for label, t in report["targets"].items():
+            failed = [k for k, ok in t.items() if k != "all" and not ok]
+            verdict = "all met" if t["all"] else "NOT met: " + ", ".join(failed)
+            lines.append(f"{label} study, default runtime ({report['default_runtime']}): {verdict}")
     return "\n".join(lines) + "\n"
 
 
