@@ -367,6 +367,16 @@ def test_onnx_export_matches_pytorch_and_refuses_stale_graphs(trained: Path, tin
         for a, b in zip(runs["torch"], runs[rt], strict=True):
             assert abs(a["classifier_probability"] - b["classifier_probability"]) <= 1e-4
             assert abs(a["unet_max_probability"] - b["unet_max_probability"]) <= 1e-4
+    # int8 U-Net: an explicit choice only (auto never takes it), calibrated on the data's studies
+    with pytest.raises(SystemExit, match="--data"):
+        main(["export", "--onnx", "--int8", "--model", str(trained)])
+    assert main(["export", "--onnx", "--int8", "--data", str(tiny_data), "--model", str(trained)]) == 0
+    assert json.loads((trained / "unet.int8.onnx.json").read_text())["calibration_slices"] > 0
+    assert load_bundle(trained, runtime="auto").meta["runtime"] == graph_runtimes[0]
+    out = tmp_path / "int8"
+    assert main(["predict", str(patient), "--model", str(trained), "--out", str(out), "--runtime", "onnx-int8"]) == 0
+    int8_rows = json.loads((out / "predictions.json").read_text())["slices_detail"]
+    assert [r["classifier_probability"] for r in int8_rows] == [r["classifier_probability"] for r in runs["onnx"]]
     # new weights make the exported graphs stale: "onnx" refuses, "auto" falls back to PyTorch
     from safetensors.torch import load_file as lf
     from safetensors.torch import save_file

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
-PATHS = ("baseline", "torch", "onnx", "openvino")
+PATHS = ("baseline", "torch", "onnx", "openvino", "onnx-int8")
 TARGETS = {"median_s": 2.0, "speedup_vs_baseline": 25.0, "cold_start_s": 2.0, "peak_rss_mb": 1024.0, "mask_dice": 0.995}
 
 
@@ -53,6 +53,19 @@ def pick_studies(data_dir: Path | None, work_dir: Path, n_slices: int = 30) -> d
     if not (root / "Patients_CT").exists():
         generate_dataset(root, SyntheticConfig(n_patients=1, slices_per_patient=n_slices, hemorrhage_fraction=1.0, seed=7))
     return {"generated": next((root / "Patients_CT").iterdir())}
+
+
+def pick_calibration(data_dir: Path | None, studies: dict[str, Path], n: int = 4) -> list[Path]:
+    """Studies to calibrate int8 quantisation on: ``n`` CT-ICH patients spread over the
+    sorted IDs, never a benchmark study (calibrating on the timed study would flatter its
+    agreement); without data, the benchmark studies themselves (said in the report)."""
+    if data_dir is None or not (Path(data_dir) / "Patients_CT").is_dir():
+        return list(studies.values())
+    timed = {Path(s).resolve() for s in studies.values()}
+    folders = [
+        p for p in sorted((Path(data_dir) / "Patients_CT").iterdir()) if (p / "brain").is_dir() and p.resolve() not in timed
+    ]
+    return [folders[i] for i in np.unique(np.linspace(0, len(folders) - 1, min(n, len(folders))).round().astype(int))]
 
 
 def available_paths() -> tuple[str, ...]:
@@ -168,26 +181,34 @@ def run_bench(
     model_dir: Path | None = None,
     paths: tuple[str, ...] | None = None,
     threads: int | None = None,
+    calibration: list[Path] | None = None,
 ) -> dict[str, Any]:
     """Run each path in its own process on every study and gather the figures: ratios
     against the baseline on the same study, agreement of each graph runtime with PyTorch,
     and which targets the default runtime (what ``predict --runtime auto`` picks) meets.
 
     The graph runtimes need ONNX graphs exported from the bundle's weights; when the
-    bundle has none, a copy is exported under ``out_dir`` and the bundle is not touched."""
-    from ichseg.infer.onnx_export import export_onnx, onnx_is_current
+    bundle has none, a copy is exported under ``out_dir`` and the bundle is not touched;
+    the same for the int8 U-Net of "onnx-int8", calibrated on ``calibration`` (default: the
+    benchmark studies)."""
+    from ichseg.infer.onnx_export import export_int8_unet, export_onnx, onnx_is_current
     from ichseg.infer.pipeline import resolve_runtime
     from ichseg.release import default_model_dir
 
     paths = paths or available_paths()
     model_dir = Path(model_dir) if model_dir else default_model_dir()
     graph_dir = model_dir
-    if any(p in ("onnx", "openvino") for p in paths) and not onnx_is_current(model_dir):
+    need_fp32 = any(p in ("onnx", "openvino", "onnx-int8") for p in paths) and not onnx_is_current(model_dir)
+    need_int8 = "onnx-int8" in paths and not onnx_is_current(model_dir, "onnx-int8")
+    if need_fp32 or need_int8:
         import shutil
 
         graph_dir = Path(out_dir) / "model-onnx"
         shutil.copytree(model_dir, graph_dir, dirs_exist_ok=True)
-        export_onnx(graph_dir)
+        if need_fp32:
+            export_onnx(graph_dir)
+        if need_int8:
+            export_int8_unet(graph_dir, calibration or list(studies.values()))
     results = {}
     for path in paths:
         cmd = [sys.executable, "-m", "ichseg.bench", "--worker", path, "--out", str(out_dir / path)]

@@ -259,15 +259,22 @@ def _predict_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ichseg.infer.onnx_export import export_onnx
+    from ichseg.infer.onnx_export import export_int8_unet, export_onnx
 
-    for path in export_onnx(_model_dir(args)):
+    if args.int8 and args.data is None:
+        raise SystemExit("ichseg export: --int8 needs --data (CT-ICH-layout studies to calibrate on)")
+    model_dir = _model_dir(args)
+    for path in export_onnx(model_dir):
         print(f"exported {path}")
+    if args.int8:
+        from ichseg.bench import pick_calibration
+
+        print(f"exported {export_int8_unet(model_dir, pick_calibration(args.data, {}))}")
     return 0
 
 
 def _bench_paths(text: str) -> tuple[str, ...]:
-    known = ("baseline", "torch", "onnx", "openvino")
+    known = ("baseline", "torch", "onnx", "openvino", "onnx-int8")
     paths = tuple(p.strip() for p in text.split(","))
     unknown = [p for p in paths if p not in known]
     if unknown or not paths:
@@ -276,7 +283,7 @@ def _bench_paths(text: str) -> tuple[str, ...]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ichseg.bench import markdown, pick_studies, run_bench
+    from ichseg.bench import markdown, pick_calibration, pick_studies, run_bench
     from ichseg.config import save_json
     from ichseg.workflow import hardware
 
@@ -290,6 +297,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model_dir=args.model,
         threads=args.threads,
         paths=args.paths,
+        calibration=pick_calibration(args.data, studies),
     )
     report["hardware"] = hardware()
     save_json(report, out / "bench.json")
@@ -452,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument(
         "--runtime",
-        choices=("torch", "onnx", "openvino", "auto"),
+        choices=("torch", "onnx", "openvino", "onnx-int8", "auto"),
         default="auto",
         help="inference back end; auto: the fastest installed one that has current ONNX graphs "
         "(OpenVINO, then ONNX Runtime), else PyTorch",
@@ -470,13 +478,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--paths",
         type=_bench_paths,
         default=None,
-        help="comma-separated subset of baseline,torch,onnx,openvino (default: all installed)",
+        help="comma-separated subset of baseline,torch,onnx,openvino,onnx-int8 (default: all installed)",
     )
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("export", help="export a model bundle's networks for another runtime", allow_abbrev=False)
     s.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
     s.add_argument("--onnx", action="store_true", required=True, help="write <stage>.onnx beside the safetensors")
+    s.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write unet.int8.onnx (ONNX Runtime static quantisation) for --runtime onnx-int8",
+    )
+    s.add_argument("--data", type=Path, default=None, help="CT-ICH folder whose studies calibrate --int8")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("cv", help="k-fold cross-validation by patient; one JSON per fold", allow_abbrev=False)

@@ -28,7 +28,7 @@ from ichseg.config import (
 from ichseg.infer.runtimes import GRAPH_RUNTIMES, Network, TorchNetwork, as_network, onnx_is_current, runtime_available
 
 log = logging.getLogger(__name__)
-RUNTIMES = ("torch", "onnx", "openvino", "auto")
+RUNTIMES = ("torch", "onnx", "openvino", "onnx-int8", "auto")
 AUTO_ORDER = ("openvino", "onnx")  # fastest first, as measured by `ichseg bench` (docs/PERFORMANCE.md)
 
 
@@ -59,13 +59,14 @@ def resolve_runtime(model_dir: Path, runtime: str = "auto") -> str:
         raise ValueError(f"unknown runtime {runtime!r} ({', '.join(RUNTIMES)})")
     if runtime == "torch":
         return runtime
-    current = onnx_is_current(model_dir)
     if runtime == "auto":
-        return next((r for r in AUTO_ORDER if current and runtime_available(r)), "torch")
-    if not current:
-        raise FileNotFoundError(f"{model_dir}: no current ONNX graphs (run `ichseg export --onnx --model {model_dir}`)")
+        return next((r for r in AUTO_ORDER if runtime_available(r) and onnx_is_current(model_dir, r)), "torch")
+    if not onnx_is_current(model_dir, runtime):
+        how = "--onnx --int8 --data DIR" if runtime == "onnx-int8" else "--onnx"
+        raise FileNotFoundError(f"{model_dir}: no current graphs for {runtime} (run `ichseg export {how} --model {model_dir}`)")
     if not runtime_available(runtime):
-        raise ModuleNotFoundError(f"runtime {runtime!r} is not installed (pip install 'ichseg[{runtime}]')")
+        extra = "openvino" if runtime == "openvino" else "onnx"
+        raise ModuleNotFoundError(f"runtime {runtime!r} is not installed (pip install 'ichseg[{extra}]')")
     return runtime
 
 
@@ -87,10 +88,10 @@ def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = N
     classifier: Network
     unet: Network
     if runtime != "torch":  # the graphs carry the weights: only the configs are read
-        network = GRAPH_RUNTIMES[runtime][1]
+        _, network, unet_graph = GRAPH_RUNTIMES[runtime]
         ccfg, cmeta = load_model_config(model_dir / "classifier")
         ucfg, umeta = load_model_config(model_dir / "unet")
-        classifier, unet = network(model_dir / "classifier.onnx", threads), network(model_dir / "unet.onnx", threads)
+        classifier, unet = network(model_dir / "classifier.onnx", threads), network(model_dir / unet_graph, threads)
     else:
         from ichseg.train.checkpoint import load_model
 

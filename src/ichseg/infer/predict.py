@@ -85,6 +85,15 @@ def _model_input(
     return x
 
 
+def study_network_input(path: Path, config: Any, interpolation: str = "area") -> np.ndarray:
+    """Every slice of the study at ``path`` as one network's uint8 input (N, C, S, S): its
+    windows at its size, with its neighbour slices when it reads context. For callers that
+    want a study's inputs without predicting (quantisation calibration, benchmarks)."""
+    slices = find_inputs(path)
+    x = _model_input(slices, {}, config.windows, config.input_size_px, interpolation)
+    return with_context(x, [("scan", i) for i in range(len(slices))], config.context_slices)
+
+
 def overlay_rgb(image_u8: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The CT slice with blood tinted red and outlined in yellow, for a human reader."""
     if not mask.any():  # most slices: just the slice in RGB

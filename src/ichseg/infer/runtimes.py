@@ -89,7 +89,13 @@ class OpenVinoNetwork:
         return np.array(self.request.get_output_tensor(0).data, copy=True)
 
 
-GRAPH_RUNTIMES: dict[str, tuple[str, type]] = {"onnx": ("onnxruntime", OrtNetwork), "openvino": ("openvino", OpenVinoNetwork)}
+# runtime -> (Python package, network class, U-Net graph file); "onnx-int8" is ONNX Runtime
+# with the int8 U-Net of ``ichseg export --onnx --int8`` (the classifier stays float32)
+GRAPH_RUNTIMES: dict[str, tuple[str, type, str]] = {
+    "onnx": ("onnxruntime", OrtNetwork, "unet.onnx"),
+    "openvino": ("openvino", OpenVinoNetwork, "unet.onnx"),
+    "onnx-int8": ("onnxruntime", OrtNetwork, "unet.int8.onnx"),
+}
 
 
 def as_network(model: Any) -> Network:
@@ -105,11 +111,13 @@ def runtime_available(runtime: str) -> bool:
     return importlib.util.find_spec(GRAPH_RUNTIMES[runtime][0]) is not None
 
 
-def onnx_is_current(model_dir: Path) -> bool:
-    """True when every stage has an ``.onnx`` exported from its current safetensors."""
-    for stage in STAGES:
-        side = Path(model_dir) / f"{stage}.onnx.json"
-        if not (Path(model_dir) / f"{stage}.onnx").exists() or not side.exists():
+def onnx_is_current(model_dir: Path, runtime: str = "onnx") -> bool:
+    """True when every graph ``runtime`` reads exists and was made from the current
+    safetensors of its stage (each graph's ``.json`` sidecar holds their SHA-256)."""
+    files = {"classifier": "classifier.onnx", "unet": GRAPH_RUNTIMES[runtime][2]}
+    for stage, name in files.items():
+        graph, side = Path(model_dir) / name, Path(model_dir) / f"{name}.json"
+        if not graph.exists() or not side.exists():
             return False
         if json.loads(side.read_text())["source_sha256"] != sha256_file(Path(model_dir) / f"{stage}.safetensors"):
             return False
