@@ -396,12 +396,14 @@ def test_bench_times_each_path_in_its_own_process(trained: Path, tiny_data: Path
     studies = pick_studies(tiny_data, tmp_path, n_slices=8)
     assert set(studies) <= {"typical", "heavy"} and "typical" in studies
     graph_paths = tuple(p for p in available_paths() if p in ("onnx", "openvino"))
-    report = run_bench(studies, tmp_path / "bench", repeats=2, model_dir=trained, paths=("torch", *graph_paths), threads=1)
-    for path in ("torch", *graph_paths):
+    paths = ("torch", *graph_paths)
+    report = run_bench(studies, tmp_path / "bench", repeats=2, model_dir=trained, paths=paths, threads=1, rounds=2)
+    for path in paths:
         r = report["results"][path]
-        assert r["peak_rss_mb"] > 0 and r["segmenter_gflop_per_slice"] > 0
-        for st in r["studies"].values():
-            assert st["slices"] == 8 and len(st["seconds"]) == 2 and st["speedup_vs_baseline"] is None
+        assert r["peak_rss_mb"] > 0 and r["segmenter_gflop_per_slice"] > 0 and len(r["cold_start_s_all"]) == 2
+        assert r["torch_imported"] == (path == "torch")  # graph runtimes run without PyTorch
+        for st in r["studies"].values():  # 2 rounds × 2 runs
+            assert st["slices"] == 8 and len(st["seconds"]) == 4 and st["speedup_vs_baseline"] is None
     assert not (trained / "unet.onnx").exists()  # exported into a copy, the bundle is untouched
     for path in graph_paths:
         for st in report["results"][path]["studies"].values():
@@ -436,7 +438,7 @@ def test_batch_predict_streams_studies_and_restarts_where_it_stopped(trained: Pa
     assert (summary["predicted"], summary["skipped_already_done"], summary["failed"]) == (1, len(studies) - 1, 0)
     assert not list(out.glob(".partial-*"))
     table = (out / "studies.csv").read_text().splitlines()
-    assert len(table) == 1 + len(studies) and table[0].startswith("study,slices,positive_slices")
+    assert len(table) == 1 + len(studies) and table[0].startswith("study,slices,segmented_slices,positive_slices")
     n = len([f for f in (root / studies[1] / "brain").iterdir() if "_HGE_Seg" not in f.name])
     assert len(list((out / studies[1] / "masks").glob("*_mask.png"))) == n
 
@@ -467,3 +469,17 @@ def test_torchrun_two_cpu_processes_match_one_process(tiny_data: Path, tmp_path:
     assert (tmp_path / "two" / "model" / "unet.safetensors").exists() or (
         tmp_path / "two" / "train" / "unet" / "best.safetensors"
     ).exists()
+
+
+def test_cost_fit_recovers_per_slice_costs_from_a_hand_table() -> None:
+    from ichseg.infer.batch import cost_fit
+
+    def row(n: int, seg: int) -> dict:
+        return {"study": f"{n}-{seg}", "slices": n, "segmented_slices": seg, "seconds": 0.1 + 0.03 * n + 0.08 * seg, "error": ""}
+
+    fit = cost_fit([row(30, 2), row(30, 16), row(20, 0), row(40, 5)])
+    assert fit is not None and fit["studies"] == 4
+    assert abs(fit["intercept_s"] - 0.1) < 1e-9 and abs(fit["per_slice_s"] - 0.03) < 1e-9
+    assert abs(fit["per_segmented_slice_s"] - 0.08) < 1e-9
+    assert cost_fit([row(30, 2), row(30, 2), row(30, 2)]) is None  # nothing varies: no fit
+    assert cost_fit([row(30, 2), {**row(20, 1), "error": "bad"}]) is None

@@ -32,6 +32,19 @@ def _slice_count(patient: Path) -> int:
     return sum(1 for f in (patient / "brain").glob("*.jpg") if "_HGE_Seg" not in f.name)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. On Linux from ``VmHWM`` (the high-water mark of
+    this program's own address space), because ``ru_maxrss`` survives ``exec``: a worker
+    started by a big parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def pick_studies(data_dir: Path | None, work_dir: Path, n_slices: int = 30) -> dict[str, Path]:
     """The studies to time, by role.
 
@@ -170,7 +183,7 @@ def worker(
         "cold_start_s": cold,
         # the segmenter alone, as the pipeline calls it: seconds per slice-forward
         "segmenter_forward_s_per_slice": statistics.median(calls) / shape[0],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "torch_imported": "torch" in sys.modules,
         "studies": per_study,
     }
@@ -206,10 +219,15 @@ def run_bench(
     paths: tuple[str, ...] | None = None,
     threads: int | None = None,
     calibration: list[Path] | None = None,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     """Run each path in its own process on every study and gather the figures: ratios
     against the baseline on the same study, agreement of each graph runtime with PyTorch,
     and which targets the default runtime (what ``predict --runtime auto`` picks) meets.
+
+    With ``rounds`` > 1 every path but the baseline runs that many times in a fresh process
+    each, the paths taking turns; medians are over all rounds' runs, cold start is the
+    median over rounds and peak memory the largest.
 
     The graph runtimes need ONNX graphs exported from the bundle's weights; when the
     bundle has none, a copy is exported under ``out_dir`` and the bundle is not touched;
@@ -233,20 +251,25 @@ def run_bench(
             export_onnx(graph_dir)
         if need_int8:
             export_int8_unet(graph_dir, calibration or list(studies.values()))
-    results = {}
-    for path in paths:
-        cmd = [sys.executable, "-m", "ichseg.bench", "--worker", path, "--out", str(out_dir / path)]
-        cmd += [arg for label, study in studies.items() for arg in ("--study", f"{label}={study}")]
-        cmd += ["--repeats", str(baseline_repeats if path == "baseline" else repeats)]
-        if path != "baseline":
-            cmd += ["--model", str(model_dir if path == "torch" else graph_dir)]
-        if threads:
-            cmd += ["--threads", str(threads)]
-        log.info("bench: %s", path)
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"bench path {path} failed:\n{proc.stderr[-2000:]}")
-        results[path] = r = json.loads(proc.stdout.strip().splitlines()[-1])
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
+    for k in range(rounds):  # paths take turns, so a slow spell of a shared machine hits all of them
+        for path in paths:
+            if path == "baseline" and k:
+                continue  # one round: its seconds per study dwarf any drift
+            cmd = [sys.executable, "-m", "ichseg.bench", "--worker", path, "--out", str(out_dir / path / f"round{k}")]
+            cmd += [arg for label, study in studies.items() for arg in ("--study", f"{label}={study}")]
+            cmd += ["--repeats", str(baseline_repeats if path == "baseline" else repeats)]
+            if path != "baseline":
+                cmd += ["--model", str(model_dir if path == "torch" else graph_dir)]
+            if threads:
+                cmd += ["--threads", str(threads)]
+            log.info("bench: %s, round %d", path, k + 1)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench path {path} failed:\n{proc.stderr[-2000:]}")
+            runs[path].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    results = {path: _merge_rounds(rs) for path, rs in runs.items()}
+    for path, r in results.items():
         r["segmenter_gflop_per_slice"] = segmenter_gflop_per_slice(path, model_dir)
         forwards = 2 if path != "baseline" and _tta(model_dir) else 1  # flip TTA: two forwards per slice
         r["segmenter_gflop_per_forward"] = r["segmenter_gflop_per_slice"] / forwards
@@ -260,12 +283,39 @@ def run_bench(
             base = results.get("baseline", {}).get("studies", {}).get(label)
             st["speedup_vs_baseline"] = base["median_s"] / st["median_s"] if base else None
             if path not in ("torch", "baseline") and "torch" in results:
-                st["agreement_vs_torch"] = agreement(out_dir / "torch" / label / "run0", out_dir / path / label / "run0")
+                st["agreement_vs_torch"] = agreement(
+                    out_dir / "torch" / "round0" / label / "run0", out_dir / path / "round0" / label / "run0"
+                )
     default = resolve_runtime(graph_dir, "auto")
     report = {"studies": {k: str(v) for k, v in studies.items()}, "default_runtime": default, "results": results}
     if default in results:
         report["targets"] = check_targets(results[default])
     return report
+
+
+def _merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One path's figures over its rounds (each a fresh process)."""
+    first = rounds[0]
+    studies = {}
+    for label, st in first["studies"].items():
+        times = [t for r in rounds for t in r["studies"][label]["seconds"]]
+        studies[label] = {
+            **st,
+            "seconds": times,
+            "median_s": statistics.median(times),
+            "min_s": min(times),
+            "max_s": max(times),
+        }
+    colds = [r["cold_start_s"] for r in rounds]
+    return {
+        **first,
+        "rounds": len(rounds),
+        "cold_start_s": statistics.median(colds),
+        "cold_start_s_all": colds,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in rounds),
+        "segmenter_forward_s_per_slice": statistics.median(r["segmenter_forward_s_per_slice"] for r in rounds),
+        "studies": studies,
+    }
 
 
 def check_targets(result: dict[str, Any]) -> dict[str, dict[str, bool]]:

@@ -255,6 +255,12 @@ def _predict_batch(args: argparse.Namespace) -> int:
         + (f" ({rate:.1f} studies/min)" if rate else "")
         + f" -> {Path(args.out) / 'studies.csv'}"
     )
+    fit = summary["cost_fit"]
+    if fit:
+        print(
+            f"cost per study (least squares over {fit['studies']} studies): {fit['intercept_s']:+.2f} s "
+            f"+ {1000 * fit['per_slice_s']:.0f} ms per slice + {1000 * fit['per_segmented_slice_s']:.0f} ms per segmented slice"
+        )
     return 1 if summary["failed"] else 0
 
 
@@ -298,6 +304,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         paths=args.paths,
         calibration=pick_calibration(args.data, studies),
+        rounds=args.rounds,
     )
     report["hardware"] = hardware()
     save_json(report, out / "bench.json")
@@ -471,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", type=Path, default=None, help="CT-ICH folder to take a ~30-slice study from (default: generated)")
     s.add_argument("--out", type=Path, required=True, help="folder for bench.json and the outputs")
     s.add_argument("--model", type=Path, default=None, help="model bundle (default: the shipped model)")
-    s.add_argument("--repeats", type=int, default=5, help="timed runs per path")
+    s.add_argument("--repeats", type=int, default=3, help="timed runs per study per path in each round")
+    s.add_argument("--rounds", type=int, default=3, help="fresh processes per path, the paths taking turns")
     s.add_argument("--baseline-repeats", type=int, default=2, help="timed runs of the (slow) baseline")
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     s.add_argument(

@@ -24,7 +24,7 @@ from typing import Any
 from ichseg.io import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
-STUDY_FIELDS = ("study", "slices", "positive_slices", "study_hemorrhage", "seconds", "error")
+STUDY_FIELDS = ("study", "slices", "segmented_slices", "positive_slices", "study_hemorrhage", "seconds", "error")
 
 
 def find_studies(root: Path) -> list[Path]:
@@ -74,10 +74,20 @@ def _predict_study(study: str, out_root: str, overlays: bool) -> dict[str, Any]:
     try:
         rows = predict_path(_BUNDLE, Path(study), partial, write_overlays=overlays)
         pos = sum(r["hemorrhage"] for r in rows)
-        row = {"study": name, "slices": len(rows), "positive_slices": pos, "study_hemorrhage": int(pos > 0), "error": ""}
+        seg = sum(r["segmented"] for r in rows)
+        row = {"study": name, "slices": len(rows), "segmented_slices": seg, "positive_slices": pos}
+        row |= {"study_hemorrhage": int(pos > 0), "error": ""}
     except Exception as exc:  # one bad study must not stop the batch; it is reported and retried next run
         shutil.rmtree(partial, ignore_errors=True)
-        return {"study": name, "slices": 0, "positive_slices": 0, "study_hemorrhage": "", "seconds": 0.0, "error": str(exc)}
+        return {
+            "study": name,
+            "slices": 0,
+            "segmented_slices": 0,
+            "positive_slices": 0,
+            "study_hemorrhage": "",
+            "seconds": 0.0,
+            "error": str(exc),
+        }
     row["seconds"] = round(time.perf_counter() - t0, 3)
     atomic_write_text(partial / "study.json", json.dumps(row) + "\n")
     if final.exists():
@@ -141,6 +151,29 @@ def predict_batch(
         "failed": len(rows) - len(ok),
         "seconds": seconds,
         "studies_per_minute": 60 * len(ok) / seconds if ok and seconds else None,
+        "cost_fit": cost_fit(list(done_rows(out_root).values())),
+    }
+
+
+def cost_fit(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Least-squares ``seconds ≈ intercept + per_slice·slices + per_segmented·segmented``
+    over finished studies: what a study costs as it grows and as more of it is segmented
+    (the U-Net runs only on slices the gate passes). None with fewer than 3 distinct
+    studies or when the counts do not vary enough to separate the terms."""
+    import numpy as np
+
+    ok = [r for r in rows if not r.get("error") and "segmented_slices" in r]
+    if len(ok) < 3:
+        return None
+    a = np.array([[1.0, r["slices"], r["segmented_slices"]] for r in ok])
+    if np.linalg.matrix_rank(a) < 3:
+        return None
+    coef, *_ = np.linalg.lstsq(a, np.array([r["seconds"] for r in ok]), rcond=None)
+    return {
+        "intercept_s": float(coef[0]),
+        "per_slice_s": float(coef[1]),
+        "per_segmented_slice_s": float(coef[2]),
+        "studies": len(ok),
     }
 
 
