@@ -367,6 +367,9 @@ def test_onnx_export_matches_pytorch_and_refuses_stale_graphs(trained: Path, tin
         for a, b in zip(runs["torch"], runs[rt], strict=True):
             assert abs(a["classifier_probability"] - b["classifier_probability"]) <= 1e-4
             assert abs(a["unet_max_probability"] - b["unet_max_probability"]) <= 1e-4
+    if runtime_available("openvino"):  # OpenVINO's own default here is bf16, which this VM kills with SIGILL
+        b = load_bundle(trained, runtime="openvino")
+        assert str(b.unet.compiled.get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
     # int8 U-Net: an explicit choice only (auto never takes it), calibrated on the data's studies
     with pytest.raises(SystemExit, match="--data"):
         main(["export", "--onnx", "--int8", "--model", str(trained)])
