@@ -196,6 +196,8 @@ def preset(name: str) -> RunConfig:
       point tuned on validation patients, and flip test-time augmentation.
     - ``hires-long``: ``hires`` with 22 U-Net epochs under a cosine learning-rate decay and
       a classifier of two convolutions per block.
+    - ``hires-xl``: ``hires-long`` with twice the U-Net samples per epoch (800): the
+      shipped model underfits its own training data, so more training is the next lever.
     - ``demo``: the embedded synthetic demo, sized to finish in minutes.
     """
     if name == "paper":
@@ -236,6 +238,9 @@ def preset(name: str) -> RunConfig:
             train_classifier=TrainConfig(epochs=12, patience=4, min_epochs=6, **aug),
             pipeline=PipelineConfig(gate_sensitivity=0.97),
         )
+    if name == "hires-xl":
+        h = preset("hires-long")
+        return dataclasses.replace(h, train_unet=dataclasses.replace(h.train_unet, samples_per_epoch=800))
     if name == "hires-long":
         # hires with a U-Net trained longer (its validation Dice was still rising at
         # epoch 15) with a cosine learning-rate decay, and a VGG-style classifier.
@@ -280,7 +285,7 @@ def preset(name: str) -> RunConfig:
     raise ValueError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
 
 
-PRESETS = ("paper", "paper-cpu", "cpu", "fast", "fast-ctx", "hires", "hires-long", "demo")
+PRESETS = ("paper", "paper-cpu", "cpu", "fast", "fast-ctx", "hires", "hires-long", "hires-xl", "demo")
 
 
 def model_stem(path_stem: Path) -> Path:
