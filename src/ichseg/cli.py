@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--runtime",
         choices=("torch", "onnx", "openvino", "onnx-int8", "auto"),
         default="auto",
-        help="inference back end; auto: the fastest installed one that has current ONNX graphs "
+        help="inference back end; auto: the first installed graph runtime with current ONNX graphs "
         "(OpenVINO, then ONNX Runtime), else PyTorch",
     )
     s.set_defaults(func=cmd_predict)

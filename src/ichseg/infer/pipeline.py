@@ -29,7 +29,9 @@ from ichseg.infer.runtimes import GRAPH_RUNTIMES, Network, TorchNetwork, as_netw
 
 log = logging.getLogger(__name__)
 RUNTIMES = ("torch", "onnx", "openvino", "onnx-int8", "auto")
-AUTO_ORDER = ("openvino", "onnx")  # fastest first, as measured by `ichseg bench` (docs/PERFORMANCE.md)
+# What "auto" prefers, from `ichseg bench` (docs/PERFORMANCE.md): both graph runtimes are
+# 3-7x faster to start than PyTorch and tie on speed; OpenVINO needs ~200 MB less memory.
+AUTO_ORDER = ("openvino", "onnx")
 
 
 @dataclass
@@ -75,8 +77,8 @@ def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = N
 
     ``runtime``: "torch"; "onnx" (ONNX Runtime) or "openvino" (OpenVINO, float32), both on
     the graphs made by ``ichseg export --onnx`` (an error if they are missing or stale, or
-    the package is not installed); or "auto": the fastest usable one, in the order
-    measured by ``ichseg bench`` on this project's machine: OpenVINO, ONNX Runtime, PyTorch.
+    the package is not installed); or "auto": the first usable of ``AUTO_ORDER``
+    (OpenVINO, ONNX Runtime), else PyTorch.
     ``threads``: CPU threads of each network (default: the runtime's choice)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
