@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from ichseg.infer.runtimes import GRAPH_RUNTIMES, runtime_available
+
 log = logging.getLogger(__name__)
-PATHS = ("baseline", "torch", "onnx", "openvino", "onnx-int8")
+PATHS = ("baseline", "torch", *GRAPH_RUNTIMES)
 TARGETS = {"median_s": 2.0, "speedup_vs_baseline": 25.0, "cold_start_s": 2.0, "peak_rss_mb": 1024.0, "mask_dice": 0.995}
 
 
@@ -83,8 +85,6 @@ def pick_calibration(data_dir: Path | None, studies: dict[str, Path], n: int = 4
 
 def available_paths() -> tuple[str, ...]:
     """The baseline, PyTorch, and each graph runtime that is installed here."""
-    from ichseg.infer.runtimes import runtime_available
-
     return tuple(p for p in PATHS if p in ("baseline", "torch") or runtime_available(p))
 
 
@@ -189,24 +189,19 @@ def worker(
     }
 
 
-def _tta(model_dir: Path) -> bool:
-    from ichseg.config import load_json
-
-    return bool(load_json(Path(model_dir) / "pipeline.json")["pipeline"].get("tta_flip"))
-
-
-def segmenter_gflop_per_slice(path: str, model_dir: Path) -> float:
-    """The segmenter's forward FLOPs per slice on ``path``: the paper's U-Net at 512×512 for
-    the baseline, else the bundle's U-Net (×2 with flip TTA, which runs it twice)."""
+def segmenter_gflop(model_dir: Path | None) -> tuple[float, int]:
+    """(GFLOP per U-Net forward, forwards per slice): for ``None`` the baseline, the paper's
+    U-Net at 512×512 once per slice; else the bundle's U-Net, twice per slice with flip TTA.
+    The same for every runtime of one bundle: they run the same network."""
     from ichseg.config import UNetConfig
     from ichseg.infer.pipeline import load_bundle
     from ichseg.models import build_model
 
-    if path == "baseline":
-        return flops_per_slice(build_model(UNetConfig()), 1, 512) / 1e9
+    if model_dir is None:
+        return flops_per_slice(build_model(UNetConfig()), 1, 512) / 1e9, 1
     bundle = load_bundle(model_dir, runtime="torch")
     u = bundle.unet_config
-    return flops_per_slice(bundle.unet.module, u.in_channels, u.input_size_px) / 1e9 * (2 if bundle.pipeline.tta_flip else 1)
+    return flops_per_slice(bundle.unet.module, u.in_channels, u.input_size_px) / 1e9, 2 if bundle.pipeline.tta_flip else 1
 
 
 def run_bench(
@@ -269,11 +264,12 @@ def run_bench(
                 raise RuntimeError(f"bench path {path} failed:\n{proc.stderr[-2000:]}")
             runs[path].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     results = {path: _merge_rounds(rs) for path, rs in runs.items()}
+    gflop = {kind: segmenter_gflop(None if kind == "baseline" else model_dir) for kind in {_kind(p) for p in paths}}
     for path, r in results.items():
-        r["segmenter_gflop_per_slice"] = segmenter_gflop_per_slice(path, model_dir)
-        forwards = 2 if path != "baseline" and _tta(model_dir) else 1  # flip TTA: two forwards per slice
-        r["segmenter_gflop_per_forward"] = r["segmenter_gflop_per_slice"] / forwards
-        r["segmenter_only_gflop_per_s"] = r["segmenter_gflop_per_forward"] / r["segmenter_forward_s_per_slice"]
+        per_forward, forwards = gflop[_kind(path)]
+        r["segmenter_gflop_per_forward"] = per_forward
+        r["segmenter_gflop_per_slice"] = per_forward * forwards
+        r["segmenter_only_gflop_per_s"] = per_forward / r["segmenter_forward_s_per_slice"]
         r["threads"] = threads or "runtime default"
     for path, r in results.items():
         for label, st in r["studies"].items():
@@ -291,6 +287,11 @@ def run_bench(
     if default in results:
         report["targets"] = check_targets(results[default])
     return report
+
+
+def _kind(path: str) -> str:
+    """Which segmenter a path runs: the baseline's, or the bundle's (every runtime)."""
+    return "baseline" if path == "baseline" else "pipeline"
 
 
 def _merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:

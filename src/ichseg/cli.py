@@ -280,7 +280,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _bench_paths(text: str) -> tuple[str, ...]:
-    known = ("baseline", "torch", "onnx", "openvino", "onnx-int8")
+    from ichseg.bench import PATHS as known
+
     paths = tuple(p.strip() for p in text.split(","))
     unknown = [p for p in paths if p not in known]
     if unknown or not paths:
@@ -406,6 +407,7 @@ def cmd_cv_table(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from ichseg import __version__
     from ichseg.config import PRESETS
+    from ichseg.infer.runtimes import GRAPH_RUNTIMES
 
     p = argparse.ArgumentParser(
         prog="ichseg", description="Intracranial hemorrhage detection and segmentation on head CT.", allow_abbrev=False
@@ -467,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument(
         "--runtime",
-        choices=("torch", "onnx", "openvino", "onnx-int8", "auto"),
+        choices=("torch", *GRAPH_RUNTIMES, "auto"),
         default="auto",
         help="inference back end; auto: the first installed graph runtime with current ONNX graphs "
         "(OpenVINO, then ONNX Runtime), else PyTorch",
@@ -546,8 +548,9 @@ def _init_distributed(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    device = _config(args, "cpu").train_unet.device
-    gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    from ichseg.train.loop import resolve_device
+
+    gpu = resolve_device(_config(args, "cpu").train_unet.device).type == "cuda"  # "cuda" without a GPU: an error
     if gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if gpu else "gloo")

@@ -141,8 +141,8 @@ def predict_batch(
                 if on_result is not None:
                     on_result(row, len(finished) + len(rows), len(studies))
     seconds = time.perf_counter() - t0
-    all_rows = list(done_rows(out_root).values()) + [r for r in rows if r["error"]]
-    _write_table(all_rows, out_root / "studies.csv")
+    finished_rows = list(done_rows(out_root).values())
+    _write_table(finished_rows + [r for r in rows if r["error"]], out_root / "studies.csv")
     ok = [r for r in rows if not r["error"]]
     return {
         "studies": len(studies),
@@ -151,7 +151,7 @@ def predict_batch(
         "failed": len(rows) - len(ok),
         "seconds": seconds,
         "studies_per_minute": 60 * len(ok) / seconds if ok and seconds else None,
-        "cost_fit": cost_fit(list(done_rows(out_root).values())),
+        "cost_fit": cost_fit(finished_rows),
     }
 
 

@@ -16,12 +16,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ichseg.infer.runtimes import STAGES, onnx_is_current
+from ichseg.infer.runtimes import GRAPH_RUNTIMES, STAGES, onnx_is_current
 from ichseg.io import atomic_write, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 __all__ = ["export_int8_unet", "export_onnx", "onnx_is_current"]
-INT8_UNET = "unet.int8.onnx"
+
+
+def _write_sidecar(graph: Path, stage: str, **extra: object) -> None:
+    """``<graph>.json``: the SHA-256 of the safetensors the graph was made from, which
+    :func:`onnx_is_current` checks, plus anything else worth keeping with it."""
+    source = graph.parent / f"{stage}.safetensors"
+    body = {"source": source.name, "source_sha256": sha256_file(source), **extra}
+    atomic_write_text(Path(f"{graph}.json"), json.dumps(body, indent=2) + "\n")
 
 
 def export_onnx(model_dir: Path, opset: int = 17) -> list[Path]:
@@ -49,11 +56,7 @@ def export_onnx(model_dir: Path, opset: int = 17) -> list[Path]:
             )
 
         atomic_write(path, write)
-        atomic_write_text(
-            Path(f"{path}.json"),
-            json.dumps({"source": f"{stage}.safetensors", "source_sha256": sha256_file(model_dir / f"{stage}.safetensors")})
-            + "\n",
-        )
+        _write_sidecar(path, stage)
         log.info("exported %s", path)
         out.append(path)
     return out
@@ -94,7 +97,7 @@ def export_int8_unet(model_dir: Path, calibration_studies: list[Path], max_slice
             row = next(self.rows, None)
             return None if row is None else {"image": row[None].astype(np.float32) / 255}
 
-    path = model_dir / INT8_UNET
+    path = model_dir / GRAPH_RUNTIMES["onnx-int8"][2]
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "unet.prepared.onnx"
         quant_pre_process(str(model_dir / "unet.onnx"), str(prepared))
@@ -111,12 +114,6 @@ def export_int8_unet(model_dir: Path, calibration_studies: list[Path], max_slice
             )
 
         atomic_write(path, write)
-    side = {
-        "source": "unet.safetensors",
-        "source_sha256": sha256_file(model_dir / "unet.safetensors"),
-        "calibration_studies": [str(s) for s in calibration_studies],
-        "calibration_slices": len(x),
-    }
-    atomic_write_text(Path(f"{path}.json"), json.dumps(side, indent=2) + "\n")
+    _write_sidecar(path, "unet", calibration_studies=[str(s) for s in calibration_studies], calibration_slices=len(x))
     log.info("int8 U-Net -> %s (%d calibration slices)", path, len(x))
     return path

@@ -28,7 +28,7 @@ from ichseg.config import (
 from ichseg.infer.runtimes import GRAPH_RUNTIMES, Network, TorchNetwork, as_network, onnx_is_current, runtime_available
 
 log = logging.getLogger(__name__)
-RUNTIMES = ("torch", "onnx", "openvino", "onnx-int8", "auto")
+RUNTIMES = ("torch", *GRAPH_RUNTIMES, "auto")
 # What "auto" prefers, from `ichseg bench` (docs/PERFORMANCE.md): both graph runtimes are
 # 3-7x faster to start than PyTorch and tie on speed; OpenVINO needs ~200 MB less memory.
 AUTO_ORDER = ("openvino", "onnx")
