@@ -350,25 +350,34 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from ichseg.crossval import run_fold
+    from ichseg.crossval import run_fold, train_fold
 
     cfg = _config(args, "cpu")
+    common = {
+        "progress": not args.no_progress,
+        "skip_bad": args.skip_bad,
+        "expected_size_px": args.image_size or None,
+    }
     for fold in args.fold or range(args.folds):
         if not 0 <= fold < args.folds:
             raise ValueError(f"--fold {fold} is not in 0..{args.folds - 1}")
-        path = run_fold(
-            Path(args.data),
-            Path(args.out),
-            cfg,
-            args.name,
-            fold,
-            args.folds,
-            Path(args.results),
-            resume=args.resume,
-            progress=not args.no_progress,
-            skip_bad=args.skip_bad,
-            expected_size_px=args.image_size or None,
-        )
+        done = Path(args.results) / args.name / f"fold{fold}.json"
+        if done.exists() and not args.redo:
+            print(f"fold {fold}: {done} exists, skipped (--redo to evaluate it again)")
+            continue
+        if args.train_only:
+            t0 = time.perf_counter()
+            train_fold(Path(args.data), Path(args.out), cfg, args.name, fold, args.folds, **common)
+            print(f"fold {fold}: trained ({(time.perf_counter() - t0) / 60:.1f} min this call)")
+            continue
+        if not cfg.cv_inner_validation:
+            from ichseg.ensemble import run_member_fold
+
+            path = run_member_fold(
+                Path(args.data), Path(args.out), cfg, args.name, fold, args.folds, Path(args.results), **common
+            )
+        else:
+            path = run_fold(Path(args.data), Path(args.out), cfg, args.name, fold, args.folds, Path(args.results), **common)
         print(f"fold {fold} -> {path}")
     return 0
 
@@ -511,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--folds", type=int, default=5)
     s.add_argument("--fold", type=int, action="append", default=None, help="run only this fold (repeatable)")
     s.add_argument("--results", type=Path, default=Path("results/cv"), help="where fold JSONs go")
+    s.add_argument("--train-only", action="store_true", help="train the folds' networks, evaluate later")
+    s.add_argument("--redo", action="store_true", help="evaluate folds whose JSON exists again (training is reused)")
     s.set_defaults(func=cmd_cv)
 
     s = sub.add_parser("cv-table", help="rebuild the CV table from fold JSONs (no training)", allow_abbrev=False)

@@ -38,6 +38,16 @@ class UNetConfig:
     context_slices: int = 0  # neighbours on each side stacked as channels (2.5D)
     batch_norm: bool = False  # the paper has none
     output_prior: float | None = None  # initial blood probability of the output layer (None: bias 0)
+    # Slice-level heads on the bottleneck (e.g. ALL_HEADS, hemorrhage first): one pass
+    # gives the mask and the slice/subtype probabilities, so no separate classifier has
+    # to agree with the mask before blood is reported.
+    heads: tuple[str, ...] = ()
+    # Per-study intensity normalisation of the brain window ("none" or "parenchyma"):
+    # the study's brain-window grey levels are shifted so the median of its intracranial
+    # parenchyma lands on ``normalize_reference`` (see ichseg.data.normalize). A scanner
+    # whose calibration reads tissue brighter then looks like the training data.
+    normalize: str = "none"
+    normalize_reference: float = 122.0  # the median level of the 66 CT-ICH development patients at 192 px
 
     @property
     def in_channels(self) -> int:
@@ -79,6 +89,11 @@ class TrainConfig:
     hflip: bool = False  # random left-right flips (the paper used no augmentation)
     affine: bool = False  # random rotation, scaling and shift (MONAI RandAffine)
     intensity: bool = False  # random contrast, brightness and noise
+    # nnU-Net-style intensity and resolution augmentation on top of ``intensity``:
+    # brightness ±0.1, contrast ×0.75–1.25 about the mean, gamma 0.7–1.5, noise, blur,
+    # simulated low resolution (ichseg.train.augment)
+    strong_intensity: bool = False
+    head_loss_weight: float = 0.5  # weight of the slice heads' BCE beside the mask's Dice+CE
     min_epochs: int = 0  # early stopping cannot end a run before this many epochs
     # U-Net only: train on random crops of this size (0 = whole slices) taken from the
     # input_size_px images, centred near blood on positive slices (as nnU-Net's foreground
@@ -127,6 +142,14 @@ class RunConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     val_fraction: float = 0.2
     split_seed: int = 0
+    # Which networks the run trains: ("classifier", "unet"), or ("unet",) for a U-Net
+    # whose own heads give the slice verdict (no separate classifier).
+    stages: tuple[str, ...] = ("classifier", "unet")
+    # Cross-validation: early stopping and calibration on an inner validation split of
+    # each fold's training patients (True), or fixed-length training on all of them with
+    # the operating point chosen afterwards on the pooled out-of-fold predictions (False,
+    # nnU-Net's way, and what a fold ensemble needs).
+    cv_inner_validation: bool = True
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -198,8 +221,41 @@ def preset(name: str) -> RunConfig:
       a classifier of two convolutions per block.
     - ``hires-xl``: ``hires-long`` with twice the U-Net samples per epoch (800): the
       shipped model underfits its own training data, so more training is the next lever.
+    - ``robust``: the fold-ensemble member: a 192×192 U-Net (16 filters, 6 channels)
+      with slice and subtype heads on its bottleneck, per-study parenchyma normalisation,
+      strong intensity/resolution augmentation, whole slices (every pixel of a normal
+      slice is a negative), fixed cosine schedule, no classifier, no early stopping.
     - ``demo``: the embedded synthetic demo, sized to finish in minutes.
     """
+    if name == "robust":
+        return RunConfig(
+            unet=UNetConfig(
+                input_size_px=192,
+                base_filters=16,
+                batch_norm=True,
+                output_prior=0.01,
+                windows=("bone", "brain"),
+                context_slices=1,
+                heads=ALL_HEADS,
+                normalize="parenchyma",
+            ),
+            classifier=ClassifierConfig(input_size_px=128, windows=("bone", "brain"), context_slices=1, heads=ALL_HEADS),
+            train_unet=TrainConfig(
+                epochs=20,
+                patience=1000,
+                samples_per_epoch=640,
+                positive_fraction=0.4,
+                learning_rate=1e-3,
+                lr_schedule="cosine",
+                hflip=True,
+                affine=True,
+                intensity=True,
+                strong_intensity=True,
+            ),
+            pipeline=PipelineConfig(mask_threshold=0.5, min_area_px=20),
+            stages=("unet",),
+            cv_inner_validation=False,
+        )
     if name == "paper":
         return RunConfig()
     if name == "paper-cpu":
@@ -285,7 +341,7 @@ def preset(name: str) -> RunConfig:
     raise ValueError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
 
 
-PRESETS = ("paper", "paper-cpu", "cpu", "fast", "fast-ctx", "hires", "hires-long", "hires-xl", "demo")
+PRESETS = ("paper", "paper-cpu", "cpu", "fast", "fast-ctx", "hires", "hires-long", "hires-xl", "robust", "demo")
 
 
 def model_stem(path_stem: Path) -> Path:

@@ -11,13 +11,65 @@ from typing import Any
 
 import numpy as np
 
-from ichseg.config import PipelineConfig, RunConfig, to_dict
+from ichseg.config import PipelineConfig, RunConfig, load_json, to_dict
 from ichseg.data.splits import kfold_patients, select, split_patients
 from ichseg.evaluate.bootstrap import HEADLINE, bootstrap_ci
 from ichseg.io import atomic_write_text
-from ichseg.workflow import bundle_stage, hardware, index_stage, prepare, train_stage, training_summary
+from ichseg.workflow import Prepared, bundle_stage, hardware, index_stage, prepare, train_stage, training_summary
 
 log = logging.getLogger(__name__)
+
+
+def train_fold(
+    data_dir: Path,
+    work_root: Path,
+    config: RunConfig,
+    name: str,
+    fold: int,
+    folds: int,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    skip_bad: bool = False,
+    expected_size_px: int | None = 650,
+    max_steps: int | None = None,
+) -> tuple[Prepared, dict[str, list[str]]]:
+    """Train one fold's networks into ``work_root/name/fold<k>/``; returns the prepared
+    data (its split is the fold's training split) and the outer split.
+
+    Always resumable: a fold killed mid-epoch continues from its last resumable state,
+    a finished one returns at once. A work folder made with another configuration is an
+    error rather than a silent mix of two runs.
+
+    With ``config.cv_inner_validation`` early stopping and calibration use an inner
+    validation split of the training patients; without it the networks train for a fixed
+    length on every training patient and the operating point is chosen later on the
+    pooled out-of-fold predictions (:mod:`ichseg.ensemble`)."""
+    work_root = Path(work_root)
+    records = index_stage(data_dir, work_root, skip_bad=skip_bad, expected_size_px=expected_size_px).records
+    outer = kfold_patients(records, folds, seed)[fold]
+    # The held-out fold is touched only by the final evaluation.
+    if config.cv_inner_validation:
+        inner = split_patients(select(records, outer["train"]), config.val_fraction, config.split_seed)
+    else:
+        inner = {"train": outer["train"], "val": []}
+    work = work_root / name / f"fold{fold}"
+    saved = work / "config.json"
+    if saved.exists() and load_json(saved) != to_dict(config):
+        raise ValueError(f"{saved}: this fold was started with another configuration (use another --name or --out)")
+    prep = prepare(
+        data_dir,
+        work,
+        config,
+        skip_bad=skip_bad,
+        progress=progress,
+        expected_size_px=expected_size_px,
+        split=inner,
+        cache_root=work_root / "cache",
+    )
+    for which in config.stages:
+        train_stage(prep, which, resume=True, progress=progress, max_steps=max_steps)
+    return prep, outer
 
 
 def run_fold(
@@ -30,7 +82,6 @@ def run_fold(
     results_dir: Path,
     *,
     seed: int = 0,
-    resume: bool = False,
     progress: bool = True,
     skip_bad: bool = False,
     expected_size_px: int | None = 650,
@@ -39,26 +90,19 @@ def run_fold(
     from ichseg.evaluate.report import ensure_caches, evaluate_records
     from ichseg.infer.pipeline import load_bundle
 
-    work_root = Path(work_root)
-    records = index_stage(data_dir, work_root, skip_bad=skip_bad, expected_size_px=expected_size_px).records
-    outer = kfold_patients(records, folds, seed)[fold]
-    # Early stopping and the gate threshold use an inner validation split of the training
-    # patients; the held-out fold is touched only by the final evaluation.
-    inner = split_patients(select(records, outer["train"]), config.val_fraction, config.split_seed)
-    work = work_root / name / f"fold{fold}"
-    cache_root = work_root / "cache"
-    prep = prepare(
+    prep, outer = train_fold(
         data_dir,
-        work,
+        work_root,
         config,
-        skip_bad=skip_bad,
+        name,
+        fold,
+        folds,
+        seed=seed,
         progress=progress,
+        skip_bad=skip_bad,
         expected_size_px=expected_size_px,
-        split=inner,
-        cache_root=cache_root,
     )
-    for which in ("classifier", "unet"):
-        train_stage(prep, which, resume=resume, progress=progress)
+    inner, work, cache_root = prep.split, prep.work_dir, prep.cache_root
     bundle = load_bundle(bundle_stage(work, config, prep=prep))
     val = ensure_caches(bundle, select(prep.records, outer["val"]), cache_root, skip_bad=skip_bad)
     tuned = config.pipeline.tune_operating_point

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ichseg.config import PipelineConfig, RunConfig, load_json, save_json, to_dict
+from ichseg.config import ClassifierConfig, PipelineConfig, RunConfig, UNetConfig, load_json, save_json, to_dict
 from ichseg.data.cache import SliceCache
 from ichseg.data.ctich import IndexResult, SliceRecord, build_index, write_disagreements, write_index
+from ichseg.data.normalize import normalize_for
 from ichseg.data.splits import load_split, save_split, select, split_patients
 from ichseg.io import sha256_text
 from ichseg.train.loop import Arrays, TrainResult, train_model
@@ -82,8 +83,9 @@ def prepare(
     work_dir.mkdir(parents=True, exist_ok=True)
     result = index_stage(data_dir, work_dir, skip_bad=skip_bad, expected_size_px=expected_size_px)
     records = result.records
-    windows = tuple(sorted(set(config.unet.windows) | set(config.classifier.windows)))
-    sizes = sorted({config.unet.input_size_px, config.classifier.input_size_px, config.pipeline.eval_size_px})
+    nets = [config.unet] + ([config.classifier] if "classifier" in config.stages else [])
+    windows = tuple(sorted({w for n in nets for w in n.windows}))
+    sizes = sorted({n.input_size_px for n in nets} | {config.pipeline.eval_size_px})
     for size in sizes:
         records = cache_for(cache_root, config, size).build(records, windows, skip_bad=skip_bad, progress=progress)
     manifest = load_json(cache_for(cache_root, config, sizes[0]).manifest_path)["files"]
@@ -116,11 +118,15 @@ def load_arrays(
     windows: tuple[str, ...],
     context_slices: int = 0,
     heads: tuple[str, ...] = ("hemorrhage",),
+    model_config: UNetConfig | ClassifierConfig | None = None,
 ) -> Arrays:
     """One split part at one resolution, in memory, with 2.5D neighbours and the
-    classifier's targets (one column per head, read from the index)."""
+    classifier's targets (one column per head, read from the index); normalised per study
+    as ``model_config`` asks."""
     recs = select(prep.records, prep.split[part])
     images, masks = cache_for(prep.cache_root, prep.config, size_px).load(recs, windows, context_slices)
+    if model_config is not None:
+        images = normalize_for(model_config, images, [r.patient_id for r in recs])
     labels = np.array([r.hemorrhage for r in recs], np.int64)
     targets = np.array([[getattr(r, h) for h in heads] for r in recs], np.float32).reshape(len(recs), len(heads))
     return Arrays(images, masks, labels, targets)
@@ -145,8 +151,8 @@ def train_stage(
     model_cfg, train_cfg = (cfg.unet, cfg.train_unet) if which == "unet" else (cfg.classifier, cfg.train_classifier)
     size, windows = model_cfg.input_size_px, tuple(model_cfg.windows)
     heads = tuple(getattr(model_cfg, "heads", ("hemorrhage",)))
-    train = load_arrays(prep, "train", size, windows, model_cfg.context_slices, heads)
-    val = load_arrays(prep, "val", size, windows, model_cfg.context_slices, heads)
+    train = load_arrays(prep, "train", size, windows, model_cfg.context_slices, heads, model_cfg)
+    val = load_arrays(prep, "val", size, windows, model_cfg.context_slices, heads, model_cfg)
     if train_cfg.val_max_negatives:
         val = subset_negatives(val, train_cfg.val_max_negatives, train_cfg.seed)
     meta = {
@@ -207,7 +213,7 @@ def bundle_stage(work_dir: Path, config: RunConfig, checkpoint: str = "best", pr
         if prep is None or not prep.split["val"]:
             raise ValueError("calibrating the gate or the operating point needs validation patients (pass prep)")
         from ichseg.infer.pipeline import classify
-        from ichseg.train.checkpoint import load_model
+        from ichseg.models.weights import load_model
 
         model, ccfg, _ = load_model(out / "classifier")
         val = load_arrays(prep, "val", ccfg.input_size_px, tuple(ccfg.windows), ccfg.context_slices)
@@ -240,7 +246,7 @@ def tune_operating_point(
     :mod:`ichseg.evaluate.operating_point`), with the U-Net run as at inference (TTA included)."""
     from ichseg.evaluate.operating_point import choose_operating_point, threshold_stats, with_operating_point
     from ichseg.infer.pipeline import segment
-    from ichseg.train.checkpoint import load_model
+    from ichseg.models.weights import load_model
 
     unet, ucfg, _ = load_model(Path(model_dir) / "unet")
     x = load_arrays(prep, "val", ucfg.input_size_px, tuple(ucfg.windows), ucfg.context_slices)

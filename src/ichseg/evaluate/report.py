@@ -23,7 +23,7 @@ from ichseg.evaluate.bootstrap import bootstrap_ci
 from ichseg.evaluate.figures import plot_confusion, plot_examples
 from ichseg.infer.pipeline import Bundle, classify, masks_from_probs, pipeline_verdict, segment
 from ichseg.io import atomic_write, atomic_write_text
-from ichseg.train.checkpoint import DATASET_CREDIT
+from ichseg.models.weights import DATASET_CREDIT
 
 log = logging.getLogger(__name__)
 

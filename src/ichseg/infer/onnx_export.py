@@ -33,7 +33,7 @@ def _write_sidecar(graph: Path, stage: str, **extra: object) -> None:
 
 def export_onnx(model_dir: Path, opset: int = 17) -> list[Path]:
     """Write ``<stage>.onnx`` and ``<stage>.onnx.json`` beside each stage's safetensors."""
-    from ichseg.train.checkpoint import load_model
+    from ichseg.models.weights import load_model
 
     model_dir = Path(model_dir)
     out = []

@@ -95,7 +95,7 @@ def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = N
         ucfg, umeta = load_model_config(model_dir / "unet")
         classifier, unet = network(model_dir / "classifier.onnx", threads), network(model_dir / unet_graph, threads)
     else:
-        from ichseg.train.checkpoint import load_model
+        from ichseg.models.weights import load_model
 
         c_module, ccfg, cmeta = load_model(model_dir / "classifier")
         u_module, ucfg, umeta = load_model(model_dir / "unet")

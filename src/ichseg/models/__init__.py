@@ -16,7 +16,13 @@ def build_model(config: UNetConfig | ClassifierConfig) -> nn.Module:
     if isinstance(config, UNetConfig):
         if config.input_size_px % 2**config.depth:
             raise ValueError(f"U-Net input {config.input_size_px}px is not divisible by 2**depth={2**config.depth}")
-        return UNet(config.in_channels, config.base_filters, config.depth, config.batch_norm, config.output_prior)
+        if config.heads and config.heads[0] != "hemorrhage":
+            raise ValueError(f"U-Net heads must start with 'hemorrhage', got {config.heads}")
+        if config.normalize not in ("none", "parenchyma"):
+            raise ValueError(f"unknown normalize {config.normalize!r} (none or parenchyma)")
+        return UNet(
+            config.in_channels, config.base_filters, config.depth, config.batch_norm, config.output_prior, len(config.heads)
+        )
     if isinstance(config, ClassifierConfig):
         if not config.heads or config.heads[0] != "hemorrhage":
             raise ValueError(f"classifier heads must start with 'hemorrhage', got {config.heads}")

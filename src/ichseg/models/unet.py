@@ -36,6 +36,7 @@ class UNet(nn.Module):
         depth: int = 4,
         batch_norm: bool = False,
         output_prior: float | None = None,
+        heads: int = 0,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -58,6 +59,9 @@ class UNet(nn.Module):
             self.dec.append(_double_conv(2 * w, w, batch_norm))
             ch = w
         self.head = nn.Conv2d(ch, 1, kernel_size=1)
+        # slice-level heads on the bottleneck: average and max pooling (max keeps a small
+        # bright bleed from being averaged away over a normal slice), one linear layer
+        self.heads = nn.Linear(2 * widths[-1], heads) if heads else None
         self._init_weights()
         if output_prior is not None:
             # Start predicting blood with probability ``output_prior`` everywhere (the
@@ -76,18 +80,23 @@ class UNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Input (N, C, H, W) with H and W divisible by 2**depth; output logits (N, 1, H, W)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Input (N, C, H, W) with H and W divisible by 2**depth; output logits (N, 1, H, W),
+        and with slice heads also their logits (N, heads) as a second output."""
         skips = []
         for block in self.down:
             x = block(x)
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
+        slice_logits = None
+        if self.heads is not None:
+            slice_logits = self.heads(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1))
         for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
             x = up(x)
             x = dec(torch.cat([x, skip], dim=1))
-        return self.head(x)
+        seg = self.head(x)
+        return seg if slice_logits is None else (seg, slice_logits)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -4,14 +4,32 @@ resumed run sees exactly the batches an uninterrupted one would have seen."""
 from __future__ import annotations
 
 import numpy as np
-from monai.transforms import Compose, RandAffined, RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandAffined,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandScaleIntensityd,
+    RandScaleIntensityFixedMeand,
+    RandShiftIntensityd,
+    RandSimulateLowResolutiond,
+    ScaleIntensityRanged,
+)
 
 from ichseg.config import TrainConfig
 
 
 def build_augmenter(config: TrainConfig) -> Compose | None:
     """Random affine (rotation ±10°, scale ±10 %, shift ±5 %) and intensity jitter
-    (contrast ±10 %, brightness ±0.05, Gaussian noise σ 0.02), as enabled in ``config``."""
+    (contrast ±10 %, brightness ±0.05, Gaussian noise σ 0.02), as enabled in ``config``.
+
+    ``strong_intensity`` replaces the jitter by nnU-Net's kind of intensity and resolution
+    augmentation, so that another scanner's brightness, contrast, noise and sharpness are
+    not new to the network: brightness ±0.1 (±25 grey levels), contrast ×0.75–1.25 about
+    the mean, gamma 0.7–1.5, Gaussian noise σ ≤ 0.03, Gaussian blur σ 0.5–1.0 px, and
+    simulated low resolution (down to half, then back up), each with its own probability,
+    the result clipped to [0, 1] as an 8-bit window would be."""
     transforms = []
     if config.affine:
         transforms.append(
@@ -25,7 +43,17 @@ def build_augmenter(config: TrainConfig) -> Compose | None:
                 padding_mode="zeros",
             )
         )
-    if config.intensity:
+    if config.strong_intensity:
+        transforms += [
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.3),
+            RandScaleIntensityFixedMeand(keys="image", factors=0.25, prob=0.3),
+            RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=0.3),
+            RandGaussianNoised(keys="image", std=0.03, prob=0.2),
+            RandGaussianSmoothd(keys="image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), prob=0.2),
+            RandSimulateLowResolutiond(keys="image", zoom_range=(0.5, 1.0), upsample_mode="bilinear", prob=0.2),
+            ScaleIntensityRanged(keys="image", a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    elif config.intensity:
         transforms += [
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
             RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),

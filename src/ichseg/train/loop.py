@@ -23,8 +23,9 @@ from torch import nn
 from ichseg.config import ClassifierConfig, TrainConfig, UNetConfig, to_dict
 from ichseg.io import atomic_write
 from ichseg.models import build_model, count_parameters
+from ichseg.models.weights import DATASET_CREDIT, save_model
 from ichseg.train.augment import augment_batch, build_augmenter, crop_batch
-from ichseg.train.checkpoint import DATASET_CREDIT, load_resume, save_model, save_resume
+from ichseg.train.checkpoint import load_resume, save_resume
 from ichseg.train.losses import bce_dice_loss
 from ichseg.train.sampling import epoch_indices
 
@@ -87,6 +88,27 @@ def dice_from_sums(s: np.ndarray) -> float:
     return float(2 * s[0] / denom) if denom else 1.0
 
 
+def seg_logits(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The mask logits of a U-Net's output (the first of two when it has slice heads)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+class SegmentationLoss(nn.Module):
+    """Dice + cross-entropy on the mask, plus ``head_weight`` × BCE on the slice heads when
+    the U-Net has them (targets then come as (mask, heads))."""
+
+    def __init__(self, head_weight: float = 0.5) -> None:
+        super().__init__()
+        self.mask_loss = bce_dice_loss()
+        self.head_loss = nn.BCEWithLogitsLoss()
+        self.head_weight = head_weight
+
+    def forward(self, out, target) -> torch.Tensor:
+        if isinstance(out, tuple):
+            return self.mask_loss(out[0], target[0]) + self.head_weight * self.head_loss(out[1], target[1])
+        return self.mask_loss(out, target)
+
+
 def resolve_device(name: str) -> torch.device:
     """``TrainConfig.device`` as a torch device; asking for a GPU torch cannot see is an
     error, not a silent fall-back to hours of CPU training."""
@@ -121,8 +143,10 @@ def validate(
         x = to_tensor(data.images[i : i + batch], channels_last).to(device or "cpu")
         out = model(x)
         if segmenter:
-            y = torch.from_numpy(data.masks[i : i + batch]).unsqueeze(1).float().to(out.device)
-            sums += dice_sums(out, y)
+            y = torch.from_numpy(data.masks[i : i + batch]).unsqueeze(1).float().to(x.device)
+            sums += dice_sums(seg_logits(out), y)
+            if isinstance(out, tuple):  # U-Net with slice heads: their targets too
+                y = (y, torch.from_numpy(data.classifier_targets()[i : i + batch]).float().to(x.device))
         else:
             y = torch.from_numpy(data.classifier_targets()[i : i + batch]).float().to(out.device)
             scores.append(torch.sigmoid(out[:, 0]).cpu())
@@ -169,7 +193,10 @@ def train_model(
     log.info("%s: %s parameters", type(model).__name__, f"{count_parameters(model):,}")
     rank, world = _world()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    loss_fn = bce_dice_loss() if segmenter else nn.BCEWithLogitsLoss()
+    loss_fn = SegmentationLoss(config.head_loss_weight) if segmenter else nn.BCEWithLogitsLoss()
+    heads = bool(getattr(model_config, "heads", ())) and segmenter
+    if heads and config.crop_px:
+        raise ValueError("a U-Net with slice heads trains on whole slices: set crop_px to 0")
     aug = build_augmenter(config)
     n_samples = config.samples_per_epoch or len(train.images)
     steps_per_epoch = -(-n_samples // config.batch_size)
@@ -231,19 +258,23 @@ def train_model(
                 y = torch.from_numpy(masks).unsqueeze(1).float()
             else:
                 y = torch.from_numpy(train.classifier_targets()[idx]).float()
+            # slice-head targets of a U-Net (crops of a positive slice may miss the blood, so
+            # heads train on whole slices only: the robust preset does not crop)
+            yh = torch.from_numpy(train.classifier_targets()[idx]).float() if heads else None
             if world > 1:  # every process prepares the whole batch (same augmentation), trains on its share
                 share = np.array_split(np.arange(len(idx)), world)[rank]
                 x, y, idx = x[share], y[share], idx[share]
+                yh = yh[share] if yh is not None else None
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x)
-            loss = loss_fn(out, y)
+            loss = loss_fn(out, (y, yh.to(device)) if heads else y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(config, state["global_step"], config.epochs * steps_per_epoch)
             optimizer.step()
             if segmenter:
-                s = dice_sums(out.detach(), y)
+                s = dice_sums(seg_logits(out).detach(), y)
                 step_sums = [loss.item() * len(idx), len(idx), s[0], s[1] + s[2]]
             else:
                 correct = float(((out.detach()[:, 0] > 0).float() == y[:, 0]).sum())

@@ -1,0 +1,59 @@
+"""Model weights on disk: safetensors plus a JSON sidecar (kind, config, provenance and the
+dataset credit). No pickle anywhere, so weights from an untrusted source cannot run code
+when loaded. Inference and evaluation read weights through here, never through training
+code."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ichseg.config import ClassifierConfig, UNetConfig, load_model_config, model_stem, save_json
+from ichseg.io import atomic_write
+from ichseg.models import build_model
+
+log = logging.getLogger(__name__)
+
+DATASET_CREDIT = (
+    "Trained on CT-ICH: Hssayeni, M. (2019). Computed Tomography Images for Intracranial "
+    "Hemorrhage Detection and Segmentation (version 1.0.0). PhysioNet. doi:10.13026/w8q8-ky94. "
+    "CC BY 4.0."
+)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Atomic safetensors write (contiguous CPU copies, as the format requires)."""
+    clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(Path(path), lambda tmp: save_file(clean, str(tmp)))
+
+
+def save_model(model: nn.Module, config: UNetConfig | ClassifierConfig, path_stem: Path, meta: dict[str, Any]) -> None:
+    """Write ``<stem>.safetensors`` and ``<stem>.json`` (kind, model config, metadata)."""
+    path_stem = Path(path_stem)
+    save_tensors(model.state_dict(), path_stem.with_suffix(".safetensors"))
+    kind = "unet" if isinstance(config, UNetConfig) else "classifier"
+    from ichseg.config import to_dict
+
+    save_json({"kind": kind, "config": to_dict(config), **meta}, path_stem.with_suffix(".json"))
+
+
+def load_model(path_stem: Path) -> tuple[nn.Module, UNetConfig | ClassifierConfig, dict[str, Any]]:
+    """Rebuild a model from ``<stem>.json`` and load ``<stem>.safetensors`` into it (eval mode)."""
+    path_stem = model_stem(path_stem)
+    config, meta = load_model_config(path_stem)
+    model = build_model(config)
+    weights = path_stem.with_suffix(".safetensors")
+    try:
+        state = load_file(str(weights))
+    except (OSError, Exception) as exc:  # safetensors raises its own error types
+        raise ValueError(f"{weights}: cannot load weights ({exc})") from exc
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.eval()
+    return model, config, meta
