@@ -316,6 +316,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stress(args: argparse.Namespace) -> int:
+    from ichseg.evaluate.stress import markdown, run_stress
+    from ichseg.io import atomic_write_text
+
+    t0 = time.perf_counter()
+    result = run_stress(
+        Path(args.cv),
+        Path(args.cv_work),
+        Path(args.data),
+        policy=args.policy,
+        expected_size_px=args.image_size or None,
+        skip_bad=args.skip_bad,
+    )
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    atomic_write_text(Path(args.out), __import__("json").dumps(result, indent=1) + "\n")
+    print(markdown(result), end="")
+    print(f"-> {args.out} ({result['seconds'] / 60:.1f} min)")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.data is None:
@@ -383,9 +403,25 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
+    from ichseg.crossval import is_ensemble_dir
     from ichseg.release import install, train_release
 
     t0 = time.perf_counter()
+    if is_ensemble_dir(Path(args.cv)):  # the fold members are the model: assembled, not retrained
+        from ichseg.ensemble import assemble
+
+        bundle = assemble(
+            Path(args.cv),
+            Path(args.cv_work),
+            Path(args.out) / "model",
+            data_dir=Path(args.data),
+            expected_size_px=args.image_size or None,
+            policy=args.policy,
+        )
+        print(f"fold ensemble -> {bundle} ({(time.perf_counter() - t0) / 60:.1f} min)")
+        if args.install:
+            print(f"installed as the shipped model -> {install(bundle)}")
+        return 0
     bundle = train_release(
         Path(args.data),
         Path(args.out),
@@ -403,13 +439,26 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_cv_table(args: argparse.Namespace) -> int:
-    from ichseg.crossval import markdown, policy_table, summarize
+    from ichseg.crossval import is_ensemble_dir, markdown, policy_table, summarize
 
     print(markdown(summarize(Path(args.results))), end="")
     policies = policy_table(Path(args.results))
     if policies.count("\n") > 2:
         print("\nOperating-point policies (each fold chooses on its inner validation patients; held-out metrics):\n")
         print(policies, end="")
+    for cfg_dir in sorted(p for p in Path(args.results).iterdir() if p.is_dir() and is_ensemble_dir(p)):
+        from ichseg.ensemble import markdown as ensemble_markdown
+        from ichseg.ensemble import summarize_members
+
+        summary = summarize_members(cfg_dir, args.policy)
+        print(f"\n## {cfg_dir.name} (fold ensemble, {summary['folds']}/{summary['of']} folds)\n")
+        print(ensemble_markdown(summary), end="")
+        if args.json:
+            from ichseg.io import atomic_write_text
+
+            path = Path(args.json) / f"{cfg_dir.name}.json"
+            atomic_write_text(path, __import__("json").dumps(summary, indent=1) + "\n")
+            print(f"\nsummary -> {path}")
     return 0
 
 
@@ -524,8 +573,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--redo", action="store_true", help="evaluate folds whose JSON exists again (training is reused)")
     s.set_defaults(func=cmd_cv)
 
+    s = sub.add_parser(
+        "stress",
+        help="rerun a fold ensemble's CV on perturbed inputs (brightness, contrast, gamma, noise, blur)",
+        allow_abbrev=False,
+    )
+    common(s)
+    s.add_argument("--cv", type=Path, required=True, help="the ensemble's fold JSONs (e.g. results/cv/robust)")
+    s.add_argument("--cv-work", type=Path, default=Path("runs/cv"), help="the cv --out folder with the members and cache")
+    s.add_argument("--policy", default=None, help="operating-point policy (default scan_safe_f2_dice)")
+    s.add_argument("--out", type=Path, required=True, help="the stress JSON to write (e.g. results/stress/robust.json)")
+    s.set_defaults(func=cmd_stress)
+
     s = sub.add_parser("cv-table", help="rebuild the CV table from fold JSONs (no training)", allow_abbrev=False)
     s.add_argument("--results", type=Path, default=Path("results/cv"))
+    s.add_argument("--policy", default=None, help="operating-point policy of fold ensembles (ichseg.evaluate.oof.POLICIES)")
+    s.add_argument("--json", type=Path, default=None, help="folder for each fold ensemble's summary JSON")
     s.set_defaults(func=cmd_cv_table)
 
     s = sub.add_parser(
@@ -535,6 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_opts(s)
     s.add_argument("--out", type=Path, required=True, help="work folder (caches, checkpoints, model/)")
     s.add_argument("--cv", type=Path, required=True, help="the configuration's fold JSONs (e.g. results/cv/hires)")
+    s.add_argument("--cv-work", type=Path, default=Path("runs/cv"), help="fold ensembles: the cv --out folder with the members")
+    s.add_argument("--policy", default=None, help="fold ensembles: operating-point policy (default scan_safe_f2_dice)")
     s.add_argument("--install", action="store_true", help="copy the bundle into the package as the shipped default")
     s.set_defaults(func=cmd_release)
 

@@ -128,6 +128,14 @@ class PipelineConfig:
     tune_operating_point: bool = False
     operating_policy: str = "f2_dice"  # how tuning picks the point (ichseg.evaluate.operating_point.POLICIES)
     tta_flip: bool = False  # average the U-Net's output over the slice and its left-right mirror
+    # "slice": a slice's whole mask is emptied when its area is below min_area_px (the
+    # older rule); "component": each connected blob below min_area_px is removed on its
+    # own (ichseg.infer.postprocess)
+    speck_removal: str = "slice"
+    intracranial: bool = False  # keep only blood inside the skull (mask from the bone window)
+    # verdict fusion for a U-Net with slice heads: a slice is also positive when its
+    # hemorrhage head is at least this (None: the mask alone decides)
+    head_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -252,7 +260,7 @@ def preset(name: str) -> RunConfig:
                 intensity=True,
                 strong_intensity=True,
             ),
-            pipeline=PipelineConfig(mask_threshold=0.5, min_area_px=20),
+            pipeline=PipelineConfig(mask_threshold=0.5, min_area_px=20, speck_removal="component", intracranial=True),
             stages=("unet",),
             cv_inner_validation=False,
         )

@@ -167,6 +167,13 @@ def load_folds(cfg_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(f.read_text()) for f in sorted(Path(cfg_dir).glob("fold*.json"))]
 
 
+def is_ensemble_dir(cfg_dir: Path) -> bool:
+    """True when ``cfg_dir`` holds ensemble-member folds (:mod:`ichseg.ensemble`), whose
+    operating point is chosen on the pooled folds rather than inside each fold."""
+    first = next(iter(sorted(Path(cfg_dir).glob("fold*.json"))), None)
+    return first is not None and '"protocol"' in first.read_text()[:4000]
+
+
 def _stat(xs: list[float]) -> dict[str, float | None]:
     """Mean and sample sd over folds (None where undefined)."""
     a = np.array(xs, float)
@@ -188,7 +195,7 @@ def _fold_values(m: dict[str, Any]) -> dict[str, float | None]:
 def summarize(results_dir: Path) -> dict[str, dict[str, Any]]:
     """Per configuration: mean and sd over folds, pooled bootstrap intervals, training time."""
     out: dict[str, dict[str, Any]] = {}
-    for cfg_dir in sorted(p for p in Path(results_dir).iterdir() if p.is_dir()):
+    for cfg_dir in sorted(p for p in Path(results_dir).iterdir() if p.is_dir() and not is_ensemble_dir(p)):
         folds = load_folds(cfg_dir)
         if not folds:
             continue
@@ -301,7 +308,7 @@ def policy_table(results_dir: Path, policies: tuple[str, ...] | None = None) -> 
         "scan specificity | chosen (threshold, min area) per fold |",
         "|" + "---|" * 10,
     ]
-    for cfg_dir in sorted(p for p in Path(results_dir).iterdir() if p.is_dir()):
+    for cfg_dir in sorted(p for p in Path(results_dir).iterdir() if p.is_dir() and not is_ensemble_dir(p)):
         folds = load_folds(cfg_dir)
         folds = [f for f in folds if "operating_grid" in f]
         if not folds:

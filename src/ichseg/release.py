@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 #: Where the shipped bundle lives inside the installed package.
 PACKAGED_MODEL = Path(__file__).parent / "weights" / "default"
-BUNDLE_FILES = ("classifier.safetensors", "classifier.json", "unet.safetensors", "unet.json", "pipeline.json")
+BUNDLE_FILES = ("unet.safetensors", "unet.json", "pipeline.json")  # plus classifier.* in a two-stage bundle
+CLASSIFIER_FILES = ("classifier.safetensors", "classifier.json")
 
 
 def cv_choices(fold_dir: Path) -> dict[str, Any]:
@@ -138,13 +139,20 @@ def install(bundle_dir: Path, dest: Path = PACKAGED_MODEL) -> Path:
     """Copy a bundle into the package (file by file through temp names, so an interrupted
     copy never leaves a mixed bundle under the final names)."""
     dest.mkdir(parents=True, exist_ok=True)
-    extras = ("config.json", "classifier_history.csv", "unet_history.csv")
-    names = [n for n in (*BUNDLE_FILES, *extras) if (Path(bundle_dir) / n).exists()]
+    extras = ("config.json", "classifier_history.csv", "unet_history.csv", "cv_summary.json")
+    names = [n for n in (*BUNDLE_FILES, *CLASSIFIER_FILES, *extras) if (Path(bundle_dir) / n).exists()]
     missing = set(BUNDLE_FILES) - set(names)
     if missing:
         raise FileNotFoundError(f"{bundle_dir}: missing {sorted(missing)}")
     for n in names:
         shutil.copyfile(Path(bundle_dir) / n, dest / f".{n}.tmp")
+    # bundle files the new bundle does not have must go (a leftover classifier would make it
+    # two-stage; stale graphs are rebuilt below); nothing else in ``dest`` is touched
+    known = {*BUNDLE_FILES, *CLASSIFIER_FILES, *extras}
+    for old in dest.iterdir():
+        stale = old.name in known or old.name.endswith((".onnx", ".onnx.json"))
+        if old.is_file() and stale and old.name not in names:
+            old.unlink()
     for n in names:
         (dest / f".{n}.tmp").replace(dest / n)
     try:  # the ONNX graphs make `predict --runtime auto` (the default) use ONNX Runtime

@@ -18,10 +18,12 @@ from monai.metrics import compute_roc_auc
 from ichseg.config import ClassifierConfig, PipelineConfig, UNetConfig
 from ichseg.data.cache import SliceCache
 from ichseg.data.ctich import SUBTYPES, SliceRecord
+from ichseg.data.normalize import intracranial_masks, normalize_for
 from ichseg.evaluate import metrics as M
 from ichseg.evaluate.bootstrap import bootstrap_ci
 from ichseg.evaluate.figures import plot_confusion, plot_examples
-from ichseg.infer.pipeline import Bundle, classify, masks_from_probs, pipeline_verdict, segment
+from ichseg.infer.pipeline import Bundle, classify, masks_from_probs, pipeline_verdict, segment, segment_with_heads
+from ichseg.infer.postprocess import fuse_verdict, resize_mask_nearest
 from ichseg.io import atomic_write, atomic_write_text
 from ichseg.models.weights import DATASET_CREDIT
 
@@ -55,7 +57,8 @@ def ensure_caches(
     bundle: Bundle, records: Sequence[SliceRecord], cache_root: Path, *, skip_bad: bool = False, progress: bool = False
 ) -> list[SliceRecord]:
     """Preprocess records at every size the bundle and the 512×512 evaluation need."""
-    sizes = sorted({bundle.classifier_config.input_size_px, bundle.unet_config.input_size_px, bundle.pipeline.eval_size_px})
+    nets = [bundle.unet_config] + ([bundle.classifier_config] if bundle.classifier_config is not None else [])
+    sizes = sorted({n.input_size_px for n in nets} | {bundle.pipeline.eval_size_px})
     recs = list(records)
     for s in sizes:
         recs = _cache(bundle, cache_root, s).build(recs, bundle.windows, skip_bad=skip_bad, progress=progress)
@@ -79,8 +82,10 @@ def _cache(bundle: Bundle, root: Path, size: int) -> SliceCache:
 def model_input(
     bundle: Bundle, cache_root: Path, cfg: UNetConfig | ClassifierConfig, records: Sequence[SliceRecord]
 ) -> np.ndarray:
-    """Cached uint8 inputs for one stage, with its 2.5D neighbours (from ``records``)."""
-    return _cache(bundle, cache_root, cfg.input_size_px).load(records, cfg.windows, cfg.context_slices)[0]
+    """Cached uint8 inputs for one stage, with its 2.5D neighbours (from ``records``),
+    normalised per patient as the stage's config asks."""
+    x = _cache(bundle, cache_root, cfg.input_size_px).load(records, cfg.windows, cfg.context_slices)[0]
+    return normalize_for(cfg, x, [r.patient_id for r in records])
 
 
 def evaluate_records(
@@ -109,9 +114,16 @@ def evaluate_records(
     alt_area = {k: np.zeros(len(records), int) for k in alternatives}
     cfg = bundle.pipeline
     ev = cfg.eval_size_px
-    heads_prob = classify(bundle.classifier, model_input(bundle, cache_root, bundle.classifier_config, records))
-    cls_prob = heads_prob[:, 0]
     unet_in = model_input(bundle, cache_root, bundle.unet_config, records)
+    single = bundle.classifier is None  # the U-Net's heads give the slice probabilities
+    ucfg = bundle.unet_config
+    inside_small = intracranial_masks(unet_in, ucfg.windows, ucfg.context_slices) if cfg.intracranial else None
+    if single:
+        heads_prob = np.zeros((len(records), len(bundle.heads)), np.float32)
+    else:
+        assert bundle.classifier_config is not None
+        heads_prob = classify(bundle.classifier, model_input(bundle, cache_root, bundle.classifier_config, records))
+    cls_prob = heads_prob[:, 0]
     truth_slice = np.array([bool(r.hemorrhage) for r in records])
     acc_unet, acc_pipe = M.PixelAccumulator(), M.PixelAccumulator()
     areas = np.zeros(len(records), int)
@@ -127,21 +139,27 @@ def evaluate_records(
     for i in range(0, len(records), chunk):
         part = records[i : i + chunk]
         _, truth = _cache(bundle, cache_root, ev).load(part, ())
-        probs = segment(bundle.unet, unet_in[i : i + len(part)], ev, tta_flip=cfg.tta_flip)
-        masks = masks_from_probs(probs, cfg)
         sl = slice(i, i + len(part))
+        probs, head_p = segment_with_heads(bundle.unet, unet_in[sl], ev, tta_flip=cfg.tta_flip)
+        if single:
+            assert head_p is not None
+            heads_prob[sl] = head_p
+        inside = None
+        if inside_small is not None:
+            inside = np.stack([resize_mask_nearest(m, (ev, ev)) for m in inside_small[sl]])
+        masks = masks_from_probs(probs, cfg, inside=inside)
         areas[sl] = masks.reshape(len(part), -1).sum(1)
         pmax[sl] = probs.reshape(len(part), -1).max(1)
         true_areas[sl] = truth.reshape(len(part), -1).sum(1)
-        gated = pipeline_verdict(cls_prob[sl], areas[sl] > 0, cfg)
+        gated = _verdict(single, cls_prob[sl], areas[sl], cfg)
         pipe_masks = masks & gated[:, None, None]
         if operating_grid:
             grid_parts.append(threshold_stats([(probs, truth)]))
         other = {t: segment(bundle.unet, unet_in[sl], ev, tta_flip=t) for t in alt_probs_needed}
         for name, alt in alternatives.items():
-            m = masks_from_probs(other.get(alt.tta_flip, probs), alt)
+            m = masks_from_probs(other.get(alt.tta_flip, probs), alt, inside=inside)
             alt_area[name][sl] = m.reshape(len(part), -1).sum(1)
-            alt_acc[name].add(m & pipeline_verdict(cls_prob[sl], alt_area[name][sl] > 0, alt)[:, None, None], truth)
+            alt_acc[name].add(m & _verdict(single, cls_prob[sl], alt_area[name][sl], alt)[:, None, None], truth)
         acc_unet.add(masks, truth)
         acc_pipe.add(pipe_masks, truth)
         dice_pipe[sl] = M.dice_per_slice(pipe_masks, truth)
@@ -151,9 +169,10 @@ def evaluate_records(
     if bar is not None:
         bar.close()
     seg_pos = areas > 0
-    verdict = pipeline_verdict(cls_prob, seg_pos, cfg)
+    verdict = _verdict(single, cls_prob, areas, cfg)
+    cls_verdict = cls_prob >= (cfg.head_threshold or 0.5) if single else cls_prob >= cfg.classifier_threshold
     auc = roc_auc(cls_prob, truth_slice)
-    heads = list(bundle.classifier_config.heads)
+    heads = list(bundle.heads)
     subtype_auc = {
         name: roc_auc(heads_prob[:, heads.index(name)], np.array([getattr(r, name) for r in records])) if name in heads else None
         for name in (*SUBTYPES, "fracture")
@@ -166,12 +185,13 @@ def evaluate_records(
         "pixel": acc_pipe.result(),
         "variants": {
             "unet_only": {"slice": M.slice_metrics(seg_pos, truth_slice), "pixel": acc_unet.result()},
-            "classifier": {"slice": M.slice_metrics(cls_prob >= cfg.classifier_threshold, truth_slice), "roc_auc": auc},
+            "classifier": {"slice": M.slice_metrics(cls_verdict, truth_slice), "roc_auc": auc},
         },
         "subtype_auc": subtype_auc,
         "operating_point": dataclasses.asdict(cfg),
+        "ensemble_members": bundle.members,
         "resolution": {
-            "classifier_input_px": bundle.classifier_config.input_size_px,
+            "classifier_input_px": (bundle.classifier_config or bundle.unet_config).input_size_px,
             "unet_input_px": bundle.unet_config.input_size_px,
             "unet_base_filters": bundle.unet_config.base_filters,
             "metrics_px": ev,
@@ -209,7 +229,7 @@ def evaluate_records(
         pids = [r.patient_id for r in records]
         metrics["alternatives"] = {}
         for name, alt in alternatives.items():
-            v = pipeline_verdict(cls_prob, alt_area[name] > 0, alt)
+            v = _verdict(single, cls_prob, alt_area[name], alt)
             metrics["alternatives"][name] = {
                 "operating_point": dataclasses.asdict(alt),
                 "slice": M.slice_metrics(v, truth_slice),
@@ -217,6 +237,13 @@ def evaluate_records(
                 "pixel": alt_acc[name].result(),
             }
     return Evaluation(metrics, per_slice)
+
+
+def _verdict(single: bool, cls_prob: np.ndarray, areas: np.ndarray, cfg: PipelineConfig) -> np.ndarray:
+    """Slice verdicts: fused mask-or-head for a single network, classifier-gated otherwise."""
+    if single:
+        return fuse_verdict(areas, cls_prob, cfg.head_threshold)
+    return pipeline_verdict(cls_prob, areas > 0, cfg)
 
 
 def _fmt(v: Any) -> str:
@@ -331,10 +358,19 @@ def example_figure(bundle: Bundle, records: Sequence[SliceRecord], cache_root: P
     scans = [r for r in records if r.patient_id in {p.patient_id for p in picks}]
     rows = [scans.index(p) for p in picks]
     x = model_input(bundle, cache_root, bundle.unet_config, scans)[rows]
-    c_in = model_input(bundle, cache_root, bundle.classifier_config, scans)[rows]
-    masks = masks_from_probs(segment(bundle.unet, x, ev, tta_flip=bundle.pipeline.tta_flip), bundle.pipeline)
-    gated = pipeline_verdict(classify(bundle.classifier, c_in)[:, 0], masks.reshape(len(picks), -1).any(1), bundle.pipeline)
-    masks &= gated[:, None, None]
+    ucfg, cfg = bundle.unet_config, bundle.pipeline
+    probs, head_p = segment_with_heads(bundle.unet, x, ev, tta_flip=cfg.tta_flip)
+    inside = None
+    if cfg.intracranial:
+        inside = np.stack([resize_mask_nearest(m, (ev, ev)) for m in intracranial_masks(x, ucfg.windows, ucfg.context_slices)])
+    masks = masks_from_probs(probs, cfg, inside=inside)
+    if bundle.classifier is None:
+        assert head_p is not None
+        cls = head_p[:, 0]
+    else:
+        assert bundle.classifier_config is not None
+        cls = classify(bundle.classifier, model_input(bundle, cache_root, bundle.classifier_config, scans)[rows])[:, 0]
+    masks &= _verdict(bundle.classifier is None, cls, masks.reshape(len(picks), -1).sum(1), cfg)[:, None, None]
     dice = M.dice_per_slice(masks, truth)
     rows = [
         (ct[k, 0], truth[k], masks[k], f"patient {r.patient_id} slice {r.slice}\nDice {dice[k]:.2f}") for k, r in enumerate(picks)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ichseg.infer.runtimes import GRAPH_RUNTIMES, STAGES, onnx_is_current
+from ichseg.infer.runtimes import GRAPH_RUNTIMES, bundle_stages, onnx_is_current
 from ichseg.io import atomic_write, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
@@ -37,29 +37,60 @@ def export_onnx(model_dir: Path, opset: int = 17) -> list[Path]:
 
     model_dir = Path(model_dir)
     out = []
-    for stage in STAGES:
-        model, cfg, _ = load_model(model_dir / stage)
+    for stage in bundle_stages(model_dir):
+        model, cfg, meta = load_model(model_dir / stage)
         model.eval()
         x = torch.rand(1, cfg.in_channels, cfg.input_size_px, cfg.input_size_px)
         path = model_dir / f"{stage}.onnx"
+        outputs = ["logits", "head_logits"] if getattr(cfg, "heads", ()) and stage == "unet" else ["logits"]
+        half = meta.get("storage") == "float16"
 
-        def write(tmp: Path, model=model, x=x) -> None:
+        def write(tmp: Path, model=model, x=x, outputs=outputs, half=half) -> None:
             torch.onnx.export(
                 model,
                 (x,),
                 str(tmp),
                 input_names=["image"],
-                output_names=["logits"],
-                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                output_names=outputs,
+                dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                 opset_version=opset,
                 dynamo=False,
             )
+            if half:
+                store_weights_fp16(tmp)
 
         atomic_write(path, write)
         _write_sidecar(path, stage)
         log.info("exported %s", path)
         out.append(path)
     return out
+
+
+def store_weights_fp16(path: Path, min_elements: int = 64) -> None:
+    """Rewrite an ONNX graph in place so its large float32 weights are stored as float16,
+    each followed by a Cast back to float32: half the file, the same float32 arithmetic
+    (runtimes fold the Cast into a float32 constant when they load the graph). Used for
+    ensembles whose safetensors are stored in float16 anyway, so nothing is lost."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts, keep = [], []
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT and int(np.prod(init.dims)) >= min_elements:
+            half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), f"{init.name}__fp16")
+            keep.append(half)
+            casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT, name=f"{init.name}__cast"))
+        else:
+            keep.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def export_int8_unet(model_dir: Path, calibration_studies: list[Path], max_slices: int = 64) -> Path:

@@ -1,8 +1,10 @@
 """The two-stage pipeline at inference time, built only from files on disk (no training code).
 
-A model bundle is a folder with ``classifier.{safetensors,json}``, ``unet.{safetensors,json}``
-and ``pipeline.json`` (operating point and preprocessing), optionally with the ONNX graphs
-of both networks. Importing this module does not import PyTorch: with a graph runtime, a
+A model bundle is a folder with ``unet.{safetensors,json}`` and ``pipeline.json``
+(operating point and preprocessing), optionally with the ONNX graphs of its networks. A
+two-stage bundle also has ``classifier.{safetensors,json}``, a slice classifier that
+gates the U-Net; a single-network bundle has none, and its U-Net's own slice heads give
+the slice probabilities (the fold ensemble is one). Importing this module does not import PyTorch: with a graph runtime, a
 prediction process never loads it (see :mod:`ichseg.infer.runtimes`).
 """
 
@@ -25,6 +27,7 @@ from ichseg.config import (
     load_json,
     load_model_config,
 )
+from ichseg.infer.postprocess import keep_components
 from ichseg.infer.runtimes import GRAPH_RUNTIMES, Network, TorchNetwork, as_network, onnx_is_current, runtime_available
 
 log = logging.getLogger(__name__)
@@ -38,8 +41,8 @@ AUTO_ORDER = ("openvino", "onnx")
 class Bundle:
     """A loaded model bundle."""
 
-    classifier: Network
-    classifier_config: ClassifierConfig
+    classifier: Network | None  # None: the U-Net's slice heads stand in for a classifier
+    classifier_config: ClassifierConfig | None
     unet: Network
     unet_config: UNetConfig
     pipeline: PipelineConfig
@@ -50,7 +53,18 @@ class Bundle:
     @property
     def windows(self) -> tuple[str, ...]:
         """Every input window either stage reads."""
-        return tuple(sorted(set(self.classifier_config.windows) | set(self.unet_config.windows)))
+        cls = set(self.classifier_config.windows) if self.classifier_config is not None else set()
+        return tuple(sorted(cls | set(self.unet_config.windows)))
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """Names of the slice probabilities: the classifier's heads, or the U-Net's."""
+        return tuple(self.classifier_config.heads) if self.classifier_config is not None else tuple(self.unet_config.heads)
+
+    @property
+    def members(self) -> int:
+        """How many U-Nets the bundle averages (1 unless it is a fold ensemble)."""
+        return int(self.meta["unet"].get("members") or 1)
 
 
 def resolve_runtime(model_dir: Path, runtime: str = "auto") -> str:
@@ -83,25 +97,35 @@ def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = N
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: model folder not found")
-    for name in ("classifier.json", "classifier.safetensors", "unet.json", "unet.safetensors", "pipeline.json"):
+    two_stage = (model_dir / "classifier.json").exists()
+    needed = ("unet.json", "unet.safetensors", "pipeline.json") + (("classifier.safetensors",) if two_stage else ())
+    for name in needed:
         if not (model_dir / name).exists():
             raise FileNotFoundError(f"{model_dir / name}: missing from the model bundle")
     runtime = resolve_runtime(model_dir, runtime)
-    classifier: Network
+    classifier: Network | None = None
+    ccfg: Any = None
+    cmeta: dict[str, Any] = {}
     unet: Network
     if runtime != "torch":  # the graphs carry the weights: only the configs are read
         _, network, unet_graph = GRAPH_RUNTIMES[runtime]
-        ccfg, cmeta = load_model_config(model_dir / "classifier")
+        if two_stage:
+            ccfg, cmeta = load_model_config(model_dir / "classifier")
+            classifier = network(model_dir / "classifier.onnx", threads)
         ucfg, umeta = load_model_config(model_dir / "unet")
-        classifier, unet = network(model_dir / "classifier.onnx", threads), network(model_dir / unet_graph, threads)
+        unet = network(model_dir / unet_graph, threads)
     else:
         from ichseg.models.weights import load_model
 
-        c_module, ccfg, cmeta = load_model(model_dir / "classifier")
+        if two_stage:
+            c_module, ccfg, cmeta = load_model(model_dir / "classifier")
+            classifier = TorchNetwork(c_module, threads)
         u_module, ucfg, umeta = load_model(model_dir / "unet")
-        classifier, unet = TorchNetwork(c_module, threads), TorchNetwork(u_module, threads)
+        unet = TorchNetwork(u_module, threads)
     body = load_json(model_dir / "pipeline.json")
-    assert isinstance(ccfg, ClassifierConfig) and isinstance(ucfg, UNetConfig)
+    assert isinstance(ucfg, UNetConfig) and (ccfg is None or isinstance(ccfg, ClassifierConfig))
+    if not two_stage and not ucfg.heads:
+        raise FileNotFoundError(f"{model_dir / 'classifier.json'}: missing, and the U-Net has no slice heads to stand in")
     body = {**body, "runtime": runtime}
     return Bundle(
         classifier,
@@ -142,7 +166,15 @@ def classify(model: Any, images_u8: np.ndarray, batch: int = 16) -> np.ndarray:
 def segment(
     model: Any, images_u8: np.ndarray, out_size_px: int | tuple[int, int], batch: int = 4, tta_flip: bool = False
 ) -> np.ndarray:
+    """Blood probability maps (N, H, W); see :func:`segment_with_heads`."""
+    return segment_with_heads(model, images_u8, out_size_px, batch, tta_flip)[0]
+
+
+def segment_with_heads(
+    model: Any, images_u8: np.ndarray, out_size_px: int | tuple[int, int], batch: int = 4, tta_flip: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Blood probability maps (N, H, W) float32 at ``out_size_px`` (an int, or (H, W)),
+    and the slice heads' probabilities (N, heads) of a U-Net that has them (else None),
     upsampled bilinearly (half-pixel centres, as PyTorch's ``align_corners=False``) from
     the U-Net's resolution, so that metrics and masks are always at full size.
 
@@ -153,22 +185,45 @@ def segment(
     net = as_network(model)
     size = (out_size_px, out_size_px) if isinstance(out_size_px, int) else tuple(out_size_px)
     out = np.zeros((len(images_u8), *size), np.float32)
+    heads: np.ndarray | None = None
     for s in _batches(len(images_u8), batch):
         x = images_u8[s].astype(np.float32) / 255
         if tta_flip:  # one call on the slices and their mirrors together
-            both = sigmoid(net(np.concatenate([x, x[..., ::-1]])))[:, 0]
+            raw = net(np.concatenate([x, x[..., ::-1]]))
+            seg, head = (raw[0], raw[1]) if isinstance(raw, tuple) else (raw, None)
+            both = sigmoid(seg)[:, 0]
             prob = (both[: len(x)] + both[len(x) :, :, ::-1]) / 2
+            head_p = None if head is None else (sigmoid(head[: len(x)]) + sigmoid(head[len(x) :])) / 2
         else:
-            prob = sigmoid(net(x))[:, 0]
+            raw = net(x)
+            seg, head = (raw[0], raw[1]) if isinstance(raw, tuple) else (raw, None)
+            prob = sigmoid(seg)[:, 0]
+            head_p = None if head is None else sigmoid(head)
+        if head_p is not None:
+            if heads is None:
+                heads = np.zeros((len(images_u8), head_p.shape[1]), np.float32)
+            heads[s] = head_p
         for j, p in enumerate(prob):
             out[s.start + j] = p if p.shape == size else cv2.resize(p, size[::-1], interpolation=cv2.INTER_LINEAR)
-    return out
+    return out, heads
 
 
-def masks_from_probs(probs: np.ndarray, config: PipelineConfig, area_scale: float = 1.0) -> np.ndarray:
-    """Threshold probability maps; masks smaller than ``min_area_px`` (given at 512×512,
-    scaled by ``area_scale`` for other sizes) are emptied as specks."""
+def masks_from_probs(
+    probs: np.ndarray, config: PipelineConfig, area_scale: float = 1.0, inside: np.ndarray | None = None
+) -> np.ndarray:
+    """Threshold probability maps (N, H, W); specks below ``min_area_px`` (given at 512×512,
+    scaled by ``area_scale`` for other sizes) are removed: whole masks with
+    ``speck_removal="slice"``, each connected blob with "component". With
+    ``config.intracranial`` and ``inside`` (N, H, W) bool, nothing outside it is kept."""
     masks = probs >= config.mask_threshold
+    if config.intracranial and inside is not None:
+        masks &= inside
+    if config.speck_removal == "component":
+        for k in range(len(masks)):
+            masks[k] = keep_components(masks[k], config.min_area_px * area_scale)
+        return masks
+    if config.speck_removal != "slice":
+        raise ValueError(f"unknown speck_removal {config.speck_removal!r} (slice or component)")
     areas = masks.reshape(len(masks), -1).sum(1)
     masks[areas < config.min_area_px * area_scale] = False
     return masks

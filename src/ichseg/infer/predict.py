@@ -111,25 +111,19 @@ def _write_overlay(path: Path, image_u8: np.ndarray, mask: np.ndarray) -> None:
     atomic_write_png(path, overlay_rgb(image_u8, mask))
 
 
-def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: bool = True) -> list[dict[str, Any]]:
-    """Predict every slice under ``path``; writes ``masks/``, ``overlays/``,
-    ``predictions.csv`` and ``predictions.json`` into ``out_dir``; returns the rows.
-
-    The U-Net runs only on slices the classifier flags (the point of the two stages); masks
-    are written at each source image's own size.
-    """
-    slices = find_inputs(path)
-    out_dir = Path(out_dir)
+def _two_stage(
+    bundle: Bundle, slices: list[SliceInput], images: dict[Path, np.ndarray]
+) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
+    """The classifier-gated path: (masks of the slices the U-Net ran on, classifier
+    probabilities (N, heads), highest blood probability per slice)."""
     cfg = bundle.pipeline
-    images: dict[Path, np.ndarray] = {}
     interp = bundle.preprocess.image_interpolation
     keys = [("scan", i) for i in range(len(slices))]  # neighbours = adjacent files in natural order
     ccfg, ucfg = bundle.classifier_config, bundle.unet_config
+    assert ccfg is not None
     c_in = with_context(_model_input(slices, images, ccfg.windows, ccfg.input_size_px, interp), keys, ccfg.context_slices)
     heads_prob = classify(bundle.classifier, c_in)
-    cls_prob = heads_prob[:, 0]
-    gated = np.flatnonzero(cls_prob >= cfg.classifier_threshold)
-    rows: list[dict[str, Any]] = []
+    gated = np.flatnonzero(heads_prob[:, 0] >= cfg.classifier_threshold)
     masks: dict[int, np.ndarray] = {}
     pmax = np.zeros(len(slices), np.float32)
     if len(gated):
@@ -149,6 +143,38 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
             for j, k in enumerate(ks):
                 masks[int(gated[k])] = found[j]
                 pmax[gated[k]] = probs[j].max()
+    return masks, heads_prob, pmax
+
+
+def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: bool = True) -> list[dict[str, Any]]:
+    """Predict every slice under ``path``; writes ``masks/``, ``overlays/``,
+    ``predictions.csv`` and ``predictions.json`` into ``out_dir``; returns the rows.
+
+    A single-network bundle (the fold ensemble) segments every slice and fuses the mask
+    with its slice heads (:mod:`ichseg.infer.study`); a two-stage bundle runs the U-Net
+    only on slices its classifier flags. Masks are written at each source image's own size.
+    """
+    slices = find_inputs(path)
+    out_dir = Path(out_dir)
+    cfg = bundle.pipeline
+    images: dict[Path, np.ndarray] = {}
+    if bundle.classifier is None:  # one network: every slice segmented, verdicts fused with its heads
+        from ichseg.infer.study import predict_windows
+
+        for s in slices:
+            for f in (s.brain, s.bone):
+                if f is not None and f not in images:
+                    images[f] = read_grey_u8(f)
+        bones = [images[s.bone] if s.bone else None for s in slices]
+        pred = predict_windows(bundle, [images[s.brain] for s in slices], bones)
+        masks = dict(enumerate(pred.masks))
+        heads_prob = np.stack([pred.heads[h] for h in bundle.heads], 1)
+        pmax, verdicts = pred.max_probability, pred.verdict
+    else:
+        masks, heads_prob, pmax = _two_stage(bundle, slices, images)
+        verdicts = np.array([bool(masks[i].any()) if i in masks else False for i in range(len(slices))])
+    cls_prob = heads_prob[:, 0]
+    rows: list[dict[str, Any]] = []
     # PNG encoding releases the GIL: two writer threads halve the time a study spends writing
     writer = ThreadPoolExecutor(max_workers=2)
     pending = []
@@ -158,7 +184,7 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
             src = images[s.brain] = read_grey_u8(s.brain)
         mask = masks.get(i, np.zeros(src.shape[:2], bool))
         area = int(mask.sum())
-        verdict = int(area > 0)
+        verdict = int(verdicts[i])
         pending.append(writer.submit(atomic_write_png, out_dir / "masks" / f"{s.name}_mask.png", mask.astype(np.uint8) * 255))
         if write_overlays:
             pending.append(writer.submit(_write_overlay, out_dir / "overlays" / f"{s.name}_overlay.png", src, mask))
@@ -169,7 +195,7 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
                 "classifier_probability": round(float(cls_prob[i]), 5),
                 "segmented": int(i in masks),
                 "unet_max_probability": round(float(pmax[i]), 5),
-                **{f"{h}_probability": round(float(heads_prob[i, j]), 5) for j, h in enumerate(ccfg.heads) if j},
+                **{f"{h}_probability": round(float(heads_prob[i, j]), 5) for j, h in enumerate(bundle.heads) if j},
                 "area_px": area,
                 "image_size_px": f"{src.shape[1]}x{src.shape[0]}",
                 "hemorrhage": verdict,
@@ -194,10 +220,15 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
         "study_hemorrhage": int(any(r["hemorrhage"] for r in rows)),
         "model": str(bundle.path),
         "runtime": bundle.meta.get("runtime", "torch"),
+        "scan_probability": round(float(cls_prob.max()), 5) if len(cls_prob) else 0.0,
+        "ensemble_members": bundle.members,
         "operating_point": {
-            "classifier_threshold": cfg.classifier_threshold,
+            "classifier_threshold": cfg.classifier_threshold if bundle.classifier is not None else None,
             "mask_threshold": cfg.mask_threshold,
             "min_area_px_at_512": cfg.min_area_px,
+            "head_threshold": cfg.head_threshold,
+            "speck_removal": cfg.speck_removal,
+            "intracranial": cfg.intracranial,
         },
         "slices_detail": rows,
     }

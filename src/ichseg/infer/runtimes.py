@@ -28,9 +28,10 @@ STAGES = ("classifier", "unet")
 
 
 class Network(Protocol):
-    """What the pipeline calls: float32 (N, C, S, S) in, float32 logits (N, K, ...) out."""
+    """What the pipeline calls: float32 (N, C, S, S) in, float32 logits (N, K, ...) out; a
+    network with two outputs (a U-Net with slice heads) returns a tuple of both."""
 
-    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+    def __call__(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]: ...
 
 
 class TorchNetwork:
@@ -44,12 +45,14 @@ class TorchNetwork:
             torch.set_num_threads(threads)
         self.module = module.eval()
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         import torch
 
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
             out = self.module(t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t)
+            if isinstance(out, tuple):
+                return tuple(o.float().numpy() for o in out)
             return out.float().numpy()
 
 
@@ -67,8 +70,9 @@ class OrtNetwork:
         self.input_name = self.session.get_inputs()[0].name
         self.path = Path(path)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+    def __call__(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        return out[0] if len(out) == 1 else tuple(out)
 
 
 class OpenVinoNetwork:
@@ -84,9 +88,10 @@ class OpenVinoNetwork:
         self.request = self.compiled.create_infer_request()
         self.path = Path(path)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
-        return np.array(self.request.get_output_tensor(0).data, copy=True)
+        out = tuple(np.array(self.request.get_output_tensor(i).data, copy=True) for i in range(len(self.compiled.outputs)))
+        return out[0] if len(out) == 1 else out
 
 
 # runtime -> (Python package, network class, U-Net graph file); "onnx-int8" is ONNX Runtime
@@ -111,11 +116,19 @@ def runtime_available(runtime: str) -> bool:
     return importlib.util.find_spec(GRAPH_RUNTIMES[runtime][0]) is not None
 
 
+def bundle_stages(model_dir: Path) -> tuple[str, ...]:
+    """The networks a bundle holds: ("classifier", "unet"), or ("unet",) when its U-Net's
+    own slice heads replace the classifier."""
+    return tuple(s for s in STAGES if (Path(model_dir) / f"{s}.json").exists())
+
+
 def onnx_is_current(model_dir: Path, runtime: str = "onnx") -> bool:
     """True when every graph ``runtime`` reads exists and was made from the current
     safetensors of its stage (each graph's ``.json`` sidecar holds their SHA-256)."""
     files = {"classifier": "classifier.onnx", "unet": GRAPH_RUNTIMES[runtime][2]}
     for stage, name in files.items():
+        if stage not in bundle_stages(model_dir):
+            continue
         graph, side = Path(model_dir) / name, Path(model_dir) / f"{name}.json"
         if not graph.exists() or not side.exists():
             return False

@@ -1,0 +1,312 @@
+"""The fold ensemble, nnU-Net's way: the K cross-validation members *are* the shipped model.
+
+1. ``ichseg cv`` with a configuration whose ``cv_inner_validation`` is False trains each
+   fold's member for a fixed length on all of the fold's training patients, then lets it
+   predict its held-out patients: ``results/cv/<name>/fold<k>.json`` keeps per slice what
+   any operating point needs (:mod:`ichseg.evaluate.oof`).
+2. :func:`summarize_members` pools the out-of-fold slices of all patients, chooses the
+   operating point there, and scores every fold at that one point (mean ± sd over folds,
+   pooled bootstrap intervals, the patients that cost the most Dice, ablations).
+3. :func:`assemble` puts the K members into one bundle whose U-Net averages their
+   probabilities, with that operating point: what ``predict`` and ``evaluate`` run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ichseg.config import RunConfig, from_dict, save_json, to_dict
+from ichseg.crossval import columns, rows_of, train_fold
+from ichseg.data.splits import select
+from ichseg.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def member_dir(work_root: Path, name: str, fold: int) -> Path:
+    """Where fold ``fold``'s member of configuration ``name`` trains."""
+    return Path(work_root) / name / f"fold{fold}" / "train" / "unet"
+
+
+def run_member_fold(
+    data_dir: Path,
+    work_root: Path,
+    config: RunConfig,
+    name: str,
+    fold: int,
+    folds: int,
+    results_dir: Path,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    skip_bad: bool = False,
+    expected_size_px: int | None = 650,
+) -> Path:
+    """Train (or resume) fold ``fold``'s member, predict its held-out patients, write
+    ``results_dir/name/fold<k>.json``."""
+    from ichseg.evaluate.oof import member_rows, metrics_at
+    from ichseg.models.weights import load_model
+    from ichseg.workflow import hardware, training_summary
+
+    prep, outer = train_fold(
+        data_dir,
+        work_root,
+        config,
+        name,
+        fold,
+        folds,
+        seed=seed,
+        progress=progress,
+        skip_bad=skip_bad,
+        expected_size_px=expected_size_px,
+    )
+    unet, ucfg, meta = load_model(member_dir(work_root, name, fold) / "last")
+    held_out = select(prep.records, outer["val"])
+    rows = member_rows(unet, ucfg, held_out, prep.cache_root, config.preprocess, ucfg.heads, eval_px=config.pipeline.eval_size_px)
+    p = config.pipeline
+    body: dict[str, Any] = {
+        "name": name,
+        "fold": fold,
+        "folds": folds,
+        "fold_seed": seed,
+        "protocol": "ensemble member: fixed-length training on all training patients; operating point chosen on the "
+        "pooled out-of-fold predictions of every fold (ichseg.ensemble.summarize_members)",
+        "config": to_dict(config),
+        "train_patients": prep.split["train"],
+        "val_patients": outer["val"],
+        "data_checksum": prep.data_checksum,
+        "training": training_summary(prep.work_dir),
+        "hardware": hardware(),
+        "member_epoch": meta.get("epoch"),
+        "metrics_at_config_point": metrics_at(rows, p.mask_threshold, p.min_area_px, p.head_threshold),
+        "per_slice": columns(rows),
+    }
+    out = Path(results_dir) / name / f"fold{fold}.json"
+    atomic_write_text(out, json.dumps(body, separators=(",", ":")) + "\n")
+    log.info("fold %d of %s -> %s", fold, name, out)
+    return out
+
+
+def load_member_folds(cfg_dir: Path) -> list[dict[str, Any]]:
+    """Fold JSONs of an ensemble configuration, in fold order (per-slice rows as dicts)."""
+    out = []
+    for f in sorted(Path(cfg_dir).glob("fold*.json")):
+        body = json.loads(f.read_text())
+        if "protocol" not in body:
+            raise ValueError(f"{f}: not an ensemble-member fold (run `ichseg cv` with an ensemble configuration)")
+        body["rows"] = rows_of(body.pop("per_slice"))
+        out.append(body)
+    return out
+
+
+def summarize_members(cfg_dir: Path, policy: str | None = None) -> dict[str, Any]:
+    """The cross-validated result of an ensemble configuration (see the module docstring).
+
+    Returns the chosen point, per-fold metrics at it with mean ± sd, the pooled metrics
+    with bootstrap intervals, the five patients that cost the most Dice, inference-time
+    ablations at the same point and a policy comparison."""
+    import numpy as np
+
+    from ichseg.crossval import _fold_values, _mean_sd
+    from ichseg.evaluate.bootstrap import bootstrap_ci
+    from ichseg.evaluate.oof import DEFAULT_POLICY, POLICIES, bootstrap_rows, choose, grid, metrics_at, patient_costs
+
+    policy = policy or DEFAULT_POLICY
+    folds = load_member_folds(cfg_dir)
+    if not folds:
+        raise FileNotFoundError(f"{cfg_dir}: no fold*.json")
+    pooled = [r for f in folds for r in f["rows"]]
+    points = grid(pooled)
+    best = choose(points, policy)
+    at = (best["mask_threshold"], best["min_area_px"], best["head_threshold"])
+
+    def per_fold(fn) -> dict[str, Any]:
+        vals = [_fold_values(fn(f["rows"])) for f in folds]
+        return {"per_fold": vals, "stats": _mean_sd(vals)}
+
+    ablations = {
+        "shipped rule": per_fold(lambda rows: metrics_at(rows, *at)),
+        "no intracranial mask": per_fold(lambda rows: metrics_at(rows, *at, intracranial=False)),
+        "mask only (no head fusion)": per_fold(lambda rows: metrics_at(rows, at[0], at[1], None)),
+        "untuned point (0.5, 20 px, mask only)": per_fold(lambda rows: metrics_at(rows, 0.5, 20, None)),
+    }
+    policies = {}
+    for pol in POLICIES:
+        p = choose(points, pol)
+        policies[pol] = {
+            "point": [p["mask_threshold"], p["min_area_px"], p["head_threshold"]],
+            "pooled": _fold_values(p),
+            "fp_px_per_normal_patient": p["fp_px_per_normal_patient"],
+        }
+    minutes = [sum(t["seconds"] for t in f["training"].values()) / 60 for f in folds]
+    return {
+        "name": Path(cfg_dir).name,
+        "folds": len(folds),
+        "of": folds[0]["folds"],
+        "policy": policy,
+        "operating_point": {"mask_threshold": at[0], "min_area_px": at[1], "head_threshold": at[2]},
+        "pooled": {k: best[k] for k in ("slice", "scan", "pixel", "fp_px_per_normal_patient", "normal_patients")},
+        "bootstrap": bootstrap_ci(bootstrap_rows(pooled, best)),
+        "ablations": ablations,
+        "policies": policies,
+        "worst_patients": patient_costs(pooled, best)[:5],
+        "train_minutes": {"mean": float(np.mean(minutes)), "per_fold": minutes},
+        "slices": len(pooled),
+        "patients": len({r["patient_id"] for r in pooled}),
+        "subtype_auc": _pooled_auc(pooled),
+    }
+
+
+def _pooled_auc(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Per head, the slice ROC AUC over the pooled out-of-fold slices."""
+    import numpy as np
+
+    from ichseg.data.ctich import SUBTYPES
+
+    if not rows or not rows[0]["heads"]:
+        return {}
+    from ichseg.evaluate.report import roc_auc
+
+    index_flags = {h: np.array([r["flags"].get(h, 0) for r in rows]) for h in (*SUBTYPES, "fracture")}
+    out: dict[str, float | None] = {
+        "hemorrhage": roc_auc(np.array([r["heads"]["hemorrhage"] for r in rows]), np.array([r["hemorrhage"] for r in rows]))
+    }
+    for h, truth in index_flags.items():
+        if h in rows[0]["heads"] and truth.any():
+            out[h] = roc_auc(np.array([r["heads"][h] for r in rows]), truth)
+    return out
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The tables of one ensemble configuration for RESULTS.md."""
+    from ichseg.crossval import _fmt_stat
+
+    keys = ("recall", "precision", "dice_global", "iou_global", "scan_sensitivity", "scan_specificity")
+    op = summary["operating_point"]
+    lines = [
+        f"Operating point chosen on the pooled out-of-fold slices ({summary['slices']} slices, {summary['patients']} "
+        f"patients) by policy `{summary['policy']}`: mask threshold {op['mask_threshold']}, minimum blob "
+        f"{op['min_area_px']} px at 512×512, head threshold {op['head_threshold']}.",
+        "",
+        "| rule (same members, same folds) | folds | slice recall | slice precision | Dice (global) | IoU (global) | "
+        "scan sensitivity | scan specificity |",
+        "|" + "---|" * 8,
+    ]
+    for name, a in summary["ablations"].items():
+        st = a["stats"]
+        lines.append(f"| {name} | {summary['folds']}/{summary['of']} | " + " | ".join(_fmt_stat(st[k]) for k in keys) + " |")
+    b = summary["bootstrap"]
+    lines += [
+        "",
+        f"Pooled over all {b['patients']} patients with 95% patient-bootstrap intervals ({b['replicates']} resamples): "
+        + "; ".join(
+            f"{k.replace('_', ' ')} {b[k]['estimate']:.3f} [{b[k]['ci'][0]:.3f}, {b[k]['ci'][1]:.3f}]"
+            for k in keys
+            if b[k]["estimate"] is not None and b[k]["ci"]
+        )
+        + f"; false-positive pixels per normal patient {summary['pooled']['fp_px_per_normal_patient']:.0f}.",
+        "",
+        "The five patients that cost the most pooled Dice (pixels at 512×512):",
+        "",
+        "| patient | slices with blood / called | true px | predicted px | false-positive px | false-negative px | "
+        "Dice | pooled Dice if perfect |",
+        "|" + "---|" * 8,
+    ]
+    for p in summary["worst_patients"]:
+        d = "n/a" if p["dice"] is None else f"{p['dice']:.3f}"
+        lines.append(
+            f"| {p['patient_id']} | {p['slices_with_blood']} / {p['called_slices']} | {p['true_px']:,} | {p['predicted_px']:,} | "
+            f"{p['false_positive_px']:,} | {p['false_negative_px']:,} | {d} | +{p['dice_cost']:.3f} |"
+        )
+    lines += [
+        "",
+        "| policy | point (threshold, min px, head) | pooled recall | precision | Dice | IoU | scan sens. | scan spec. |",
+    ]
+    lines.append("|" + "---|" * 8)
+    for pol, v in summary["policies"].items():
+        pv = v["pooled"]
+        lines.append(
+            f"| {pol} | {tuple(v['point'])} | " + " | ".join("n/a" if pv[k] is None else f"{pv[k]:.3f}" for k in keys) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def assemble(
+    cfg_dir: Path,
+    work_root: Path,
+    out_dir: Path,
+    *,
+    data_dir: Path | None = None,
+    expected_size_px: int | None = 650,
+    fp16: bool = True,
+    policy: str | None = None,
+) -> Path:
+    """One bundle from the K members of ``cfg_dir``'s folds (weights from
+    ``work_root/<name>/fold<k>/train/unet/last``) with the pooled out-of-fold operating
+    point; returns ``out_dir``. With ``data_dir`` the training patients' image
+    fingerprints are recorded, so ``evaluate`` can tell when it is shown them again."""
+    from ichseg.models.weights import load_model, save_ensemble
+    from ichseg.workflow import hardware
+
+    summary = summarize_members(cfg_dir, policy)
+    folds = load_member_folds(cfg_dir)
+    name = summary["name"]
+    config = from_dict(RunConfig, folds[0]["config"])
+    members, metas = [], []
+    for f in folds:
+        m, ucfg, meta = load_model(member_dir(work_root, name, f["fold"]) / "last")
+        members.append(m)
+        metas.append({"fold": f["fold"], "epoch": meta.get("epoch"), "train_patients": f["train_patients"]})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_ensemble(
+        members,
+        ucfg,
+        out_dir / "unet",
+        {"members_meta": metas, "git_commit": _commit(), "data_checksum": folds[0]["data_checksum"]},
+        fp16=fp16,
+    )
+    pipeline = dataclasses.replace(
+        config.pipeline,
+        mask_threshold=float(summary["operating_point"]["mask_threshold"]),
+        min_area_px=int(summary["operating_point"]["min_area_px"]),
+        head_threshold=summary["operating_point"]["head_threshold"],
+        gate_sensitivity=None,
+        tune_operating_point=False,
+    )
+    everyone = sorted({p for f in folds for p in f["val_patients"]})
+    trained_on: dict[str, Any] = {"patients": everyone, "data_checksum": folds[0]["data_checksum"]}
+    if data_dir is not None:
+        from ichseg.data.ctich import build_index
+        from ichseg.release import patient_fingerprints
+
+        records = [r for r in build_index(data_dir, expected_size_px=expected_size_px).records if r.patient_id in everyone]
+        trained_on["patient_fingerprints"] = patient_fingerprints(records)
+    body = {
+        "pipeline": to_dict(pipeline),
+        "preprocess": to_dict(config.preprocess),
+        "calibration": {
+            "on": "pooled out-of-fold predictions of the cross-validation members",
+            "policy": summary["policy"],
+            "cv": str(cfg_dir),
+            "pooled": summary["pooled"],
+        },
+        "ensemble": {"members": len(members), "folds": [m["fold"] for m in metas], "fp16_storage": fp16},
+        "trained_on": trained_on,
+        "training": {f"fold{f['fold']}": f["training"].get("unet", {}) for f in folds},
+        "hardware": hardware(),
+    }
+    save_json(body, out_dir / "pipeline.json")
+    save_json(to_dict(config), out_dir / "config.json")
+    atomic_write_text(out_dir / "cv_summary.json", json.dumps(summary, indent=1) + "\n")
+    return out_dir
+
+
+def _commit() -> str:
+    from ichseg.workflow import git_commit
+
+    return git_commit()

@@ -1,0 +1,265 @@
+"""Out-of-fold predictions of fold-ensemble members and the operating point chosen on them.
+
+Each fold's member predicts the patients it never saw; per slice we keep what any
+operating point needs afterwards, without the probability maps: the slice heads'
+probabilities, the true blood area, and at every mask threshold the [area, overlap]
+of each connected blob (inside the intracranial mask, and without it for the ablation).
+The operating point (mask threshold, minimum blob area, head threshold) is then chosen on
+the pooled out-of-fold slices of all patients (nnU-Net's way), and every fold is scored at
+that one point, so the cross-validated figures describe the one rule that ships.
+
+Empty-ground-truth policy: as in :mod:`ichseg.evaluate.metrics`; global Dice and IoU sum
+pixels over all slices (a normal slice adds only its false-positive pixels), ratios with a
+zero denominator are None.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ichseg.config import PipelineConfig, PreprocessConfig, UNetConfig
+from ichseg.data.cache import SliceCache
+from ichseg.data.ctich import SliceRecord
+from ichseg.data.normalize import intracranial_masks, normalize_for
+from ichseg.evaluate.metrics import scan_metrics, slice_metrics
+from ichseg.infer.pipeline import segment_with_heads
+from ichseg.infer.postprocess import component_table, resize_mask_nearest
+
+MASK_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+MIN_AREAS_PX_512 = (5, 10, 20, 40, 80, 160, 320)
+HEAD_THRESHOLDS: tuple[float | None, ...] = (None, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+POLICIES = ("scan_safe_f2_dice", "scan_safe_f1_dice", "f2_dice", "f1_dice")
+DEFAULT_POLICY = "scan_safe_f2_dice"
+
+Perturbation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def network_input(
+    records: Sequence[SliceRecord],
+    cache_root: Path,
+    preprocess: PreprocessConfig,
+    config: UNetConfig,
+    perturb: Perturbation | None = None,
+    perturb_from_px: int = 512,
+    seed: int = 0,
+) -> np.ndarray:
+    """The U-Net's uint8 input (N, C, S, S) for ``records`` from the preprocessing cache,
+    normalised per patient as the config asks.
+
+    With ``perturb`` the windows are read at ``perturb_from_px``, perturbed there (one
+    generator per slice, seeded by ``seed`` and the slice's position, so reruns agree) and
+    shrunk to the network's size as a source image would be: what a stress test needs."""
+    s = config.input_size_px
+    if perturb is None:
+        x = SliceCache.at_size(cache_root, preprocess, s).load(records, config.windows, config.context_slices)[0]
+    else:
+        import cv2
+
+        from ichseg.data.context import with_context
+
+        big = SliceCache.at_size(cache_root, preprocess, perturb_from_px).load(records, config.windows, 0)[0]
+        x = np.empty((len(big), big.shape[1], s, s), np.uint8)
+        for i in range(len(big)):
+            p = perturb(big[i], np.random.default_rng([seed, i]))
+            for c in range(len(p)):
+                x[i, c] = cv2.resize(p[c], (s, s), interpolation=cv2.INTER_AREA)
+        x = with_context(x, [(r.patient_id, r.slice) for r in records], config.context_slices)
+    return normalize_for(config, x, [r.patient_id for r in records])
+
+
+def member_rows(
+    unet: Any,
+    config: UNetConfig,
+    records: Sequence[SliceRecord],
+    cache_root: Path,
+    preprocess: PreprocessConfig,
+    heads: Sequence[str],
+    *,
+    eval_px: int = 512,
+    chunk: int = 16,
+    thresholds: Sequence[float] = MASK_THRESHOLDS,
+    perturb: Perturbation | None = None,
+    without_intracranial: bool = True,
+) -> list[dict[str, Any]]:
+    """Per-slice out-of-fold rows of one member (see the module docstring); blobs are
+    tabled at each of ``thresholds``, also without the intracranial mask unless
+    ``without_intracranial`` is False (the stress test needs only the shipped rule)."""
+    x = network_input(records, cache_root, preprocess, config, perturb, perturb_from_px=eval_px)
+    inside_small = intracranial_masks(x, config.windows, config.context_slices)
+    truth_cache = SliceCache.at_size(cache_root, preprocess, eval_px)
+    rows: list[dict[str, Any]] = []
+    for i in range(0, len(records), chunk):
+        part = records[i : i + chunk]
+        _, truth = truth_cache.load(part, ())
+        probs, head_p = segment_with_heads(unet, x[i : i + len(part)], eval_px)
+        for j, r in enumerate(part):
+            inside = resize_mask_nearest(inside_small[i + j], (eval_px, eval_px))
+            comps, comps_all = {}, {}
+            for t in thresholds:
+                above = probs[j] >= t
+                comps[str(t)] = component_table(above & inside, truth[j])
+                comps_all[str(t)] = component_table(above, truth[j]) if without_intracranial else []
+            rows.append(
+                {
+                    "patient_id": r.patient_id,
+                    "slice": r.slice,
+                    "hemorrhage": int(r.hemorrhage),
+                    "true_area_px_512": int(truth[j].sum()),
+                    "max_probability": round(float(probs[j].max()), 4),
+                    "heads": {h: round(float(head_p[j, k]), 5) for k, h in enumerate(heads)} if head_p is not None else {},
+                    "flags": {h: int(getattr(r, h)) for h in heads if h != "hemorrhage"},
+                    "components": comps,
+                    "components_no_intracranial": comps_all,
+                }
+            )
+    return rows
+
+
+def slice_outcomes(
+    rows: Sequence[dict[str, Any]],
+    mask_threshold: float,
+    min_area_px: int,
+    head_threshold: float | None,
+    intracranial: bool = True,
+) -> dict[str, np.ndarray]:
+    """Per slice at one operating point: verdict, kept area and overlap (px at 512×512)."""
+    key = "components" if intracranial else "components_no_intracranial"
+    t = str(mask_threshold)
+    area = np.array([sum(c[0] for c in r[key][t] if c[0] >= min_area_px) for r in rows], np.int64)
+    inter = np.array([sum(c[1] for c in r[key][t] if c[0] >= min_area_px) for r in rows], np.int64)
+    head = np.array([r["heads"].get("hemorrhage", 0.0) for r in rows]) if rows and rows[0]["heads"] else None
+    verdict = area > 0
+    if head_threshold is not None and head is not None:
+        verdict |= head >= head_threshold
+    return {"verdict": verdict, "area": area, "inter": inter}
+
+
+def metrics_at(
+    rows: Sequence[dict[str, Any]],
+    mask_threshold: float,
+    min_area_px: int,
+    head_threshold: float | None,
+    intracranial: bool = True,
+) -> dict[str, Any]:
+    """Slice, scan and pixel metrics of ``rows`` at one operating point, plus the false-
+    positive pixels per normal patient (the stress test's count)."""
+    o = slice_outcomes(rows, mask_threshold, min_area_px, head_threshold, intracranial)
+    truth = np.array([bool(r["hemorrhage"]) for r in rows])
+    true_area = np.array([r["true_area_px_512"] for r in rows], np.int64)
+    pids = [r["patient_id"] for r in rows]
+    inter, pred, true = int(o["inter"].sum()), int(o["area"].sum()), int(true_area.sum())
+    normal = sorted({p for p in pids} - {p for p, t in zip(pids, truth, strict=True) if t})
+    fp_normal = [int(o["area"][[p == q for q in pids]].sum()) for p in normal]
+    return {
+        "slice": slice_metrics(o["verdict"], truth),
+        "scan": scan_metrics(pids, o["verdict"], truth),
+        "pixel": {
+            "dice_global": 2 * inter / (pred + true) if pred + true else None,
+            "iou_global": inter / (pred + true - inter) if pred + true - inter else None,
+            "pixels_true": true,
+            "pixels_predicted": pred,
+            "pixels_intersection": inter,
+        },
+        "fp_px_per_normal_patient": float(np.mean(fp_normal)) if fp_normal else None,
+        "normal_patients": len(normal),
+    }
+
+
+def _f_beta(s: dict[str, Any], beta: float) -> float:
+    tp, fp, fn = s["tp"], s["fp"], s["fn"]
+    b2 = beta * beta
+    den = (1 + b2) * tp + b2 * fn + fp
+    return (1 + b2) * tp / den if den and tp else 0.0
+
+
+def grid(rows: Sequence[dict[str, Any]], intracranial: bool = True) -> list[dict[str, Any]]:
+    """Metrics at every (mask threshold, min area, head threshold) of the grid."""
+    out = []
+    for t, a, h in itertools.product(MASK_THRESHOLDS, MIN_AREAS_PX_512, HEAD_THRESHOLDS):
+        m = metrics_at(rows, t, a, h, intracranial)
+        out.append({"mask_threshold": t, "min_area_px": a, "head_threshold": h, **m})
+    return out
+
+
+def score(point: dict[str, Any], policy: str) -> float:
+    """How a policy ranks one grid point. ``f2_dice``/``f1_dice``: F-beta of the slice
+    verdicts plus global Dice; ``scan_safe_*``: the same among points that miss no bleeding
+    patient (scan sensitivity 1), every other point ranks below them."""
+    beta = 2.0 if "f2" in policy else 1.0
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r} ({', '.join(POLICIES)})")
+    value = _f_beta(point["slice"], beta) + (point["pixel"]["dice_global"] or 0.0)
+    if policy.startswith("scan_safe") and (point["scan"]["sensitivity"] or 0.0) < 1.0:
+        value -= 10.0
+    return value
+
+
+def choose(points: list[dict[str, Any]], policy: str = DEFAULT_POLICY) -> dict[str, Any]:
+    """The grid point a policy picks; ties go to the first (lower thresholds, smaller areas)."""
+    return max(points, key=lambda p: score(p, policy))
+
+
+def operating_point(point: dict[str, Any], base: PipelineConfig) -> PipelineConfig:
+    """``base`` with a chosen grid point's thresholds."""
+    import dataclasses
+
+    return dataclasses.replace(
+        base,
+        mask_threshold=float(point["mask_threshold"]),
+        min_area_px=int(point["min_area_px"]),
+        head_threshold=None if point["head_threshold"] is None else float(point["head_threshold"]),
+    )
+
+
+def bootstrap_rows(rows: Sequence[dict[str, Any]], point: dict[str, Any], intracranial: bool = True) -> list[dict[str, Any]]:
+    """Per-slice rows in the form :func:`ichseg.evaluate.bootstrap.bootstrap_ci` reads."""
+    o = slice_outcomes(rows, point["mask_threshold"], point["min_area_px"], point["head_threshold"], intracranial)
+    return [
+        {
+            "patient_id": r["patient_id"],
+            "slice": r["slice"],
+            "hemorrhage": r["hemorrhage"],
+            "verdict": int(o["verdict"][k]),
+            "pipeline_intersection_px_512": int(o["inter"][k]),
+            "pipeline_area_px_512": int(o["area"][k]),
+            "true_area_px_512": r["true_area_px_512"],
+        }
+        for k, r in enumerate(rows)
+    ]
+
+
+def patient_costs(rows: Sequence[dict[str, Any]], point: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per patient at one point: true, false-positive and false-negative pixels, slice
+    counts, and how much global Dice the pool would gain if this patient were perfect
+    (the ranking of "who costs the most Dice")."""
+    o = slice_outcomes(rows, point["mask_threshold"], point["min_area_px"], point["head_threshold"])
+    pids = np.array([r["patient_id"] for r in rows])
+    true_area = np.array([r["true_area_px_512"] for r in rows], np.int64)
+    truth = np.array([bool(r["hemorrhage"]) for r in rows])
+    inter_all, pred_all, true_all = int(o["inter"].sum()), int(o["area"].sum()), int(true_area.sum())
+    dice_all = 2 * inter_all / max(pred_all + true_all, 1)
+    out = []
+    for p in sorted(set(pids.tolist())):
+        m = pids == p
+        i, a, t = int(o["inter"][m].sum()), int(o["area"][m].sum()), int(true_area[m].sum())
+        perfect = 2 * (inter_all - i + t) / max(pred_all - a + t + true_all, 1)
+        out.append(
+            {
+                "patient_id": p,
+                "slices": int(m.sum()),
+                "slices_with_blood": int(truth[m].sum()),
+                "called_slices": int(o["verdict"][m].sum()),
+                "true_px": t,
+                "predicted_px": a,
+                "false_positive_px": a - i,
+                "false_negative_px": t - i,
+                "dice": 2 * i / (a + t) if a + t else None,
+                "dice_cost": perfect - dice_all,
+            }
+        )
+    return sorted(out, key=lambda r: -r["dice_cost"])

@@ -1,0 +1,63 @@
+"""From blood probabilities to masks and verdicts: pure numpy/OpenCV functions shared by
+prediction, evaluation and the out-of-fold choice of the operating point, so the rule that
+is tuned is the rule that ships.
+
+The rule (``PipelineConfig`` with ``speck_removal="component"``):
+
+1. ``probability >= mask_threshold`` inside the intracranial mask (nothing outside the
+   skull is blood);
+2. connected components (8-connectivity) smaller than ``min_area_px`` pixels at 512×512
+   are removed one by one, so a speck beside a real bleed goes and the bleed stays;
+3. a slice is called positive when anything is left, **or** when the network's slice
+   head says ``hemorrhage >= head_threshold`` (a confident head is not vetoed by an
+   unsure outline, nor the outline by an unsure head).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+#: Components smaller than this (px at 512×512) are never stored for the out-of-fold grid.
+MIN_STORED_COMPONENT_PX = 5
+
+
+def resize_mask_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A bool (H, W) mask at another (H, W) size, nearest neighbour."""
+    if mask.shape == tuple(size):
+        return mask
+    return cv2.resize(mask.astype(np.uint8), size[::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def keep_components(mask: np.ndarray, min_area_px: float) -> np.ndarray:
+    """``mask`` (H, W) bool without its 8-connected components smaller than ``min_area_px``."""
+    if min_area_px <= 1 or not mask.any():
+        return mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = np.zeros(n, bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area_px
+    return keep[labels]
+
+
+def component_table(mask: np.ndarray, truth: np.ndarray | None = None) -> list[list[int]]:
+    """[area, overlap with ``truth``] of each 8-connected component of ``mask`` (H, W)
+    with at least ``MIN_STORED_COMPONENT_PX`` pixels: what the operating-point grid needs
+    to apply any minimum area afterwards without the probabilities."""
+    if not mask.any():
+        return []
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    inter = np.bincount(labels[truth], minlength=n) if truth is not None else np.zeros(n, int)
+    return [
+        [int(stats[k, cv2.CC_STAT_AREA]), int(inter[k])]
+        for k in range(1, n)
+        if stats[k, cv2.CC_STAT_AREA] >= MIN_STORED_COMPONENT_PX
+    ]
+
+
+def fuse_verdict(mask_area_px: np.ndarray, head_probability: np.ndarray | None, head_threshold: float | None) -> np.ndarray:
+    """Slice verdicts (N,) from what is left of each mask and, if given, the slice head:
+    positive when the mask is non-empty or the head is at least ``head_threshold``."""
+    verdict = np.asarray(mask_area_px) > 0
+    if head_threshold is not None and head_probability is not None:
+        verdict = verdict | (np.asarray(head_probability) >= head_threshold)
+    return verdict

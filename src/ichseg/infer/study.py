@@ -1,0 +1,106 @@
+"""One study in, its masks and slice verdicts out: the single-network path (a U-Net, or a
+fold ensemble of them, whose slice heads replace the classifier).
+
+Every slice goes through the U-Net: nothing is skipped on a weak classifier's word. The
+input is each slice's windows at the network size with its neighbours (2.5D), shifted per
+study to the training data's parenchyma level when the model asks for it; the probability
+maps come back at each slice's own size and become masks by
+:func:`ichseg.infer.pipeline.masks_from_probs` (intracranial mask, blob-wise speck removal),
+and slice verdicts by :func:`ichseg.infer.postprocess.fuse_verdict`. File formats (JPG
+folders, DICOM series, NIfTI volumes) are the callers' business: they hand in 8-bit
+windows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from ichseg.data.cache import resize_image_u8
+from ichseg.data.context import with_context
+from ichseg.data.normalize import intracranial_masks, normalize_studies
+from ichseg.infer.pipeline import Bundle, masks_from_probs, segment_with_heads
+from ichseg.infer.postprocess import fuse_verdict, resize_mask_nearest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyPrediction:
+    """What the model says about one study, slice by slice (slice order as given)."""
+
+    masks: list[np.ndarray]  # per slice, bool (H, W) at that slice's own size
+    verdict: np.ndarray  # (N,) bool: blood on this slice
+    heads: dict[str, np.ndarray]  # per head name (hemorrhage first), (N,) probability
+    max_probability: np.ndarray  # (N,) highest blood probability inside the head
+    intensity_offset: float = 0.0  # grey levels the brain window was shifted by (normalisation)
+    segmented: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (N,) U-Net ran on it
+
+    @property
+    def slice_probability(self) -> np.ndarray:
+        """(N,) hemorrhage probability of each slice (the hemorrhage head)."""
+        return self.heads["hemorrhage"]
+
+    @property
+    def scan_probability(self) -> float:
+        """The study's hemorrhage probability: its most likely slice's."""
+        return float(self.slice_probability.max()) if len(self.verdict) else 0.0
+
+    @property
+    def hemorrhage(self) -> bool:
+        """The study verdict: blood on any slice."""
+        return bool(self.verdict.any())
+
+
+def network_input_u8(
+    brain: Sequence[np.ndarray], bone: Sequence[np.ndarray | None] | None, bundle: Bundle
+) -> tuple[np.ndarray, float]:
+    """The U-Net's uint8 input (N, C, S, S) for one study's slices, normalised as its
+    config asks; returns it with the brain-window offset applied (grey levels)."""
+    cfg = bundle.unet_config
+    size, interp = cfg.input_size_px, bundle.preprocess.image_interpolation
+    x = np.zeros((len(brain), len(cfg.windows), size, size), np.uint8)
+    for i in range(len(brain)):
+        for c, w in enumerate(cfg.windows):
+            src = brain[i] if w == "brain" else (bone[i] if bone is not None else None)
+            if src is not None:
+                x[i, c] = resize_image_u8(src, size, interp)
+    x = with_context(x, [("study", i) for i in range(len(brain))], cfg.context_slices)
+    offset = 0.0
+    if cfg.normalize == "parenchyma":
+        x, offsets = normalize_studies(x, cfg.windows, cfg.context_slices, ["study"] * len(x), cfg.normalize_reference)
+        offset = offsets.get("study", 0.0)
+    return x, offset
+
+
+def predict_windows(
+    bundle: Bundle, brain: Sequence[np.ndarray], bone: Sequence[np.ndarray | None] | None = None
+) -> StudyPrediction:
+    """Predict one study from its 8-bit brain-window slices (and bone-window twins, None
+    where missing), in slice order. Each slice may have its own size; masks come back at
+    that size. Needs a single-network bundle (``bundle.classifier`` is None)."""
+    if bundle.classifier is not None:
+        raise ValueError(f"{bundle.path}: a two-stage bundle; use ichseg.infer.predict.predict_path")
+    if not len(brain):
+        raise ValueError("no slices to predict")
+    cfg, pipe = bundle.unet_config, bundle.pipeline
+    x, offset = network_input_u8(brain, bone, bundle)
+    size = cfg.input_size_px
+    probs_small, heads = segment_with_heads(bundle.unet, x, size)
+    inside_small = intracranial_masks(x, cfg.windows, cfg.context_slices)
+    masks, maxp = [], np.zeros(len(brain), np.float32)
+    for i, src in enumerate(brain):
+        shape = src.shape[:2]
+        p = probs_small[i] if shape == (size, size) else cv2.resize(probs_small[i], shape[::-1], interpolation=cv2.INTER_LINEAR)
+        inside = resize_mask_nearest(inside_small[i], shape)
+        masks.append(masks_from_probs(p[None], pipe, shape[0] * shape[1] / pipe.eval_size_px**2, inside[None])[0])
+        maxp[i] = float((p * inside).max())
+    assert heads is not None  # single-network bundles always have heads (load_bundle checks)
+    head_probs = {h: heads[:, k] for k, h in enumerate(bundle.heads)}
+    areas = np.array([m.sum() for m in masks])
+    verdict = fuse_verdict(areas, head_probs["hemorrhage"], pipe.head_threshold)
+    return StudyPrediction(masks, verdict, head_probs, maxp, offset, np.ones(len(brain), bool))

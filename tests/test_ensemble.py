@@ -1,0 +1,260 @@
+"""The fold ensemble: post-processing and verdict fusion on hand-made maps, the intracranial
+mask on a generated skull, per-study normalisation, and the whole CV → assemble → predict /
+evaluate / stress path in miniature, including resuming a killed fold."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import SMALL_PX
+from ichseg.cli import main
+from ichseg.config import PipelineConfig, RunConfig, TrainConfig, UNetConfig, save_json, to_dict
+from ichseg.data.normalize import intracranial_mask, normalize_studies, parenchyma_level
+from ichseg.infer.pipeline import masks_from_probs
+from ichseg.infer.postprocess import component_table, fuse_verdict, keep_components
+
+
+def test_component_speck_removal_and_verdict_fusion_on_hand_made_maps() -> None:
+    probs = np.zeros((3, 64, 64), np.float32)
+    probs[0, 10:16, 10:16] = 0.9  # a 36 px bleed
+    probs[0, 40:42, 40:42] = 0.8  # a 4 px speck beside it
+    probs[1, 5:7, 5:7] = 0.95  # slice 1: only a speck, but a confident head
+    probs[2, 30:40, 30:40] = 0.6  # slice 2: a blob outside the skull
+    inside = np.ones((3, 64, 64), bool)
+    inside[2, 25:45, 25:45] = False
+    cfg = PipelineConfig(mask_threshold=0.5, min_area_px=10, speck_removal="component", intracranial=True)
+    masks = masks_from_probs(probs, cfg, inside=inside)
+    assert masks[0].sum() == 36 and not masks[0, 40, 40]  # the speck goes, the bleed stays
+    assert masks[1].sum() == 0 and masks[2].sum() == 0
+    # the older rule empties a slice only when its whole mask is small: the speck survives
+    old = masks_from_probs(probs, dataclasses.replace(cfg, speck_removal="slice", intracranial=False))
+    assert old[0].sum() == 40 and old[2].sum() == 100
+    areas = masks.reshape(3, -1).sum(1)
+    heads = np.array([0.2, 0.97, 0.3])
+    assert fuse_verdict(areas, heads, None).tolist() == [True, False, False]
+    assert fuse_verdict(areas, heads, 0.95).tolist() == [True, True, False]
+    # the component table keeps [area, overlap] per blob, so any minimum area can be applied later
+    truth = np.zeros((64, 64), bool)
+    truth[10:13, 10:16] = True
+    assert sorted(component_table(probs[0] >= 0.5, truth)) == [[36, 18]]  # the 4 px speck is below the stored floor
+    assert keep_components(probs[0] >= 0.5, 5).sum() == 36
+
+
+def _skull_slice(size: int = 128, gap_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A bone-window slice: scalp (75) outside a skull ring (220), brain (75) inside, and
+    the true intracranial region; ``gap_deg`` opens the skull so scalp touches brain."""
+    bone = np.zeros((size, size), np.uint8)
+    c = (size // 2, size // 2)
+    cv2.ellipse(bone, c, (54, 46), 0, 0, 360, 75, -1)  # scalp
+    cv2.ellipse(bone, c, (50, 42), 0, 0, 360, 220, -1)  # skull
+    cv2.ellipse(bone, c, (44, 36), 0, 0, 360, 75, -1)  # brain
+    truth = np.zeros_like(bone)
+    cv2.ellipse(truth, c, (44, 36), 0, 0, 360, 1, -1)
+    if gap_deg:
+        cv2.ellipse(bone, c, (50, 42), 0, -gap_deg / 2, gap_deg / 2, 75, 7)
+    return bone, truth.astype(bool)
+
+
+@pytest.mark.parametrize("gap_deg", [0.0, 10.0])
+def test_intracranial_mask_on_a_generated_skull(gap_deg: float) -> None:
+    bone, truth = _skull_slice(gap_deg=gap_deg)
+    m = intracranial_mask(bone)
+    iou = (m & truth).sum() / (m | truth).sum()
+    assert iou > 0.93, iou
+    ring = np.zeros_like(bone)
+    cv2.ellipse(ring, (64, 64), (54, 46), 0, 0, 360, 1, 3)  # the scalp, outside the skull
+    assert not (m & ring.astype(bool)).any()
+    assert intracranial_mask(np.zeros((32, 32), np.uint8)).all()  # no bone window: never deletes a finding
+    assert not intracranial_mask(np.full((32, 32), 250, np.uint8)).any()  # bone only: nothing inside
+
+
+def test_normalisation_moves_a_brighter_study_to_the_reference_level() -> None:
+    bone, truth = _skull_slice()
+    rng = np.random.default_rng(0)
+    brain = np.where(truth, rng.normal(140, 6, truth.shape), 0).clip(0, 255).astype(np.uint8)
+    x = np.stack([np.stack([bone, brain])] * 3)  # (3 slices, [bone, brain], H, W)
+    assert abs(parenchyma_level(x[:, 1], x[:, 0]) - 140) <= 1
+    out, offsets = normalize_studies(x, ("bone", "brain"), 0, ["a"] * 3, reference=122.0)
+    assert abs(offsets["a"] - 18) <= 1
+    assert abs(parenchyma_level(out[:, 1], out[:, 0]) - 122) <= 1
+    assert (out[:, 0] == x[:, 0]).all()  # the bone window is left alone
+
+
+TINY_ENSEMBLE = RunConfig(
+    unet=UNetConfig(
+        input_size_px=32,
+        base_filters=4,
+        depth=3,
+        batch_norm=True,
+        windows=("bone", "brain"),
+        context_slices=1,
+        heads=("hemorrhage", "intraparenchymal", "subdural"),
+        normalize="parenchyma",
+    ),
+    train_unet=TrainConfig(
+        epochs=2,
+        samples_per_epoch=16,
+        resume_every_steps=1,
+        channels_last=False,
+        hflip=True,
+        intensity=True,
+        strong_intensity=True,
+    ),
+    pipeline=PipelineConfig(min_area_px=0, eval_size_px=64, speck_removal="component", intracranial=True),
+    stages=("unet",),
+    cv_inner_validation=False,
+)
+
+
+def _cv_args(data: Path, work: Path, results: Path, cfg: Path, *extra: str) -> list[str]:
+    return [
+        "cv",
+        "--data",
+        str(data),
+        "--out",
+        str(work),
+        "--name",
+        "ens",
+        "--folds",
+        "2",
+        "--config",
+        str(cfg),
+        "--results",
+        str(results),
+        "--image-size",
+        str(SMALL_PX),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_fold_ensemble_cv_resume_assemble_predict_evaluate_stress(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from ichseg.crossval import train_fold
+    from ichseg.ensemble import load_member_folds, member_dir
+    from ichseg.infer.pipeline import load_bundle
+    from ichseg.infer.predict import predict_path
+
+    cfg_path = tmp_path / "cfg.json"
+    save_json(to_dict(TINY_ENSEMBLE), cfg_path)
+    work, results = tmp_path / "cv", tmp_path / "results"
+    # a fold killed after 3 optimizer steps, then resumed by `ichseg cv`, ends where an
+    # uninterrupted fold does
+    kw = {"progress": False, "expected_size_px": SMALL_PX}
+    train_fold(tiny_data, work, TINY_ENSEMBLE, "ens", 0, 2, max_steps=3, **kw)
+    assert json.loads((member_dir(work, "ens", 0) / "resume.json").read_text())["global_step"] == 3
+    assert main(_cv_args(tiny_data, work, results, cfg_path)) == 0
+    train_fold(tiny_data, tmp_path / "straight", TINY_ENSEMBLE, "ens", 0, 2, **kw)
+    resumed = load_file(str(member_dir(work, "ens", 0) / "last.safetensors"))
+    straight = load_file(str(member_dir(tmp_path / "straight", "ens", 0) / "last.safetensors"))
+    for k, v in straight.items():
+        assert torch.allclose(resumed[k].float(), v.float(), atol=1e-5), k
+    # a changed configuration cannot silently continue a fold
+    other = dataclasses.replace(TINY_ENSEMBLE, train_unet=dataclasses.replace(TINY_ENSEMBLE.train_unet, epochs=3))
+    with pytest.raises(ValueError, match="another configuration"):
+        train_fold(tiny_data, work, other, "ens", 0, 2, **kw)
+    capsys.readouterr()
+    assert main(_cv_args(tiny_data, work, results, cfg_path)) == 0  # finished folds are skipped
+    assert capsys.readouterr().out.count("skipped") == 2
+
+    folds = load_member_folds(results / "ens")
+    assert sorted(p for f in folds for p in f["val_patients"]) == sorted(p.name for p in (tiny_data / "Patients_CT").iterdir())
+    row = folds[0]["rows"][0]
+    assert set(row["heads"]) == {"hemorrhage", "intraparenchymal", "subdural"}
+    assert set(row["components"]) == {"0.3", "0.4", "0.5", "0.6", "0.7", "0.8"}
+
+    assert main(["cv-table", "--results", str(results), "--json", str(tmp_path / "summ")]) == 0
+    out = capsys.readouterr().out
+    assert "## ens (fold ensemble, 2/2 folds)" in out and "| shipped rule | 2/2 |" in out
+    summary = json.loads((tmp_path / "summ" / "ens.json").read_text())
+    op = summary["operating_point"]
+
+    # the members become one bundle with the pooled out-of-fold operating point
+    dest = tmp_path / "installed"
+    from ichseg.release import install
+
+    assert (
+        main(
+            [
+                "release",
+                "--data",
+                str(tiny_data),
+                "--out",
+                str(tmp_path / "rel"),
+                "--cv",
+                str(results / "ens"),
+                "--cv-work",
+                str(work),
+                "--image-size",
+                str(SMALL_PX),
+            ]
+        )
+        == 0
+    )
+    (dest / "classifier.json").parent.mkdir(parents=True)
+    (dest / "classifier.json").write_text("{}")  # a leftover of an older two-stage bundle
+    install(tmp_path / "rel" / "model", dest)
+    assert not (dest / "classifier.json").exists()
+    bundle = load_bundle(dest)
+    assert bundle.classifier is None and bundle.members == 2
+    assert bundle.pipeline.mask_threshold == op["mask_threshold"] and bundle.pipeline.head_threshold == op["head_threshold"]
+    body = json.loads((dest / "pipeline.json").read_text())
+    assert body["trained_on"]["patient_fingerprints"]
+
+    # the ensemble averages its members' probabilities (float16 storage: close, not equal)
+    from ichseg.infer.pipeline import segment_with_heads
+    from ichseg.models.weights import load_model
+
+    x = np.random.default_rng(0).integers(0, 255, (3, 6, 32, 32)).astype(np.uint8)
+    p_ens, h_ens = segment_with_heads(bundle.unet, x, 32)
+    members = [load_model(member_dir(work, "ens", k) / "last")[0] for k in range(2)]
+    outs = [segment_with_heads(m, x, 32) for m in members]
+    assert np.allclose(p_ens, (outs[0][0] + outs[1][0]) / 2, atol=2e-3)
+    assert np.allclose(h_ens, (outs[0][1] + outs[1][1]) / 2, atol=2e-3)
+
+    # predict: deterministic, every slice segmented, verdicts from mask or head
+    patient = sorted((tiny_data / "Patients_CT").iterdir())[0]
+    a = predict_path(bundle, patient, tmp_path / "pa")
+    b = predict_path(load_bundle(dest), patient, tmp_path / "pb")
+    assert a == [dict(r, image_path=r["image_path"]) for r in b]
+    assert all(r["segmented"] == 1 for r in a)
+    js = json.loads((tmp_path / "pa" / "predictions.json").read_text())
+    assert js["ensemble_members"] == 2 and "scan_probability" in js
+
+    # the graph runtimes run the same ensemble; its ONNX weights are stored in float16 after
+    # the exporter folded batch-norm into the convolutions, hence a rounding of ~1e-4
+    assert main(["export", "--onnx", "--model", str(dest)]) == 0
+    for runtime in ("onnx", "openvino"):
+        p_g, h_g = segment_with_heads(load_bundle(dest, runtime=runtime).unet, x, 32)
+        assert np.abs(p_g - p_ens).max() < 2e-3 and np.abs(h_g - h_ens).max() < 2e-3
+
+    # evaluate keeps every metrics.json key of the two-stage bundles
+    ev = tmp_path / "ev"
+    args = ["evaluate", "--data", str(tiny_data), "--model", str(dest), "--out", str(ev), "--image-size", str(SMALL_PX)]
+    assert main([*args, "--no-progress"]) == 0
+    m = json.loads((ev / "metrics.json").read_text())
+    for key in ("slice", "scan", "pixel", "variants", "subtype_auc", "operating_point", "resolution", "bootstrap"):
+        assert key in m
+    assert set(m["variants"]) == {"unet_only", "classifier"} and m["ensemble_members"] == 2
+    assert len(m["patients_seen_in_training"]) == len(body["trained_on"]["patients"])
+
+    # the stress test: each fold's member on its own held-out patients, inputs perturbed
+    stress = tmp_path / "stress.json"
+    stress_args = ["stress", "--data", str(tiny_data), "--cv", str(results / "ens"), "--cv-work", str(work)]
+    assert main([*stress_args, "--out", str(stress), "--image-size", str(SMALL_PX)]) == 0
+    s = json.loads(stress.read_text())
+    assert len(s["table"]) == 11 and s["table"][0]["perturbation"] == "none"
+    assert {r["strength"] for r in s["table"]} == {"none", "mild", "strong"}
+    for r in s["table"]:
+        for k in ("dice", "recall", "precision", "fp_px_per_normal_patient"):
+            assert k in r
+    assert s["table"][0]["dice_change"] == 0
