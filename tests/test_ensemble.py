@@ -221,12 +221,23 @@ def test_fold_ensemble_cv_resume_assemble_predict_evaluate_stress(
     assert np.allclose(p_ens, (outs[0][0] + outs[1][0]) / 2, atol=2e-3)
     assert np.allclose(h_ens, (outs[0][1] + outs[1][1]) / 2, atol=2e-3)
 
-    # predict: deterministic, every slice segmented, verdicts from mask or head
+    # the screening cascade: threshold 0 runs every member everywhere, above 1 only the first
+    from ichseg.infer.pipeline import segment_bundle
+
+    full, _, ran = segment_bundle(
+        dataclasses.replace(bundle, pipeline=dataclasses.replace(bundle.pipeline, screen_threshold=0.0)), x, 32
+    )
+    assert ran.all() and np.allclose(full, p_ens)
+    first, _, ran = segment_bundle(
+        dataclasses.replace(bundle, pipeline=dataclasses.replace(bundle.pipeline, screen_threshold=1.01)), x, 32
+    )
+    assert not ran.any() and np.allclose(first, outs[0][0], atol=2e-3)
+
+    # predict: deterministic, verdicts from mask or head
     patient = sorted((tiny_data / "Patients_CT").iterdir())[0]
     a = predict_path(bundle, patient, tmp_path / "pa")
     b = predict_path(load_bundle(dest), patient, tmp_path / "pb")
     assert a == [dict(r, image_path=r["image_path"]) for r in b]
-    assert all(r["segmented"] == 1 for r in a)
     js = json.loads((tmp_path / "pa" / "predictions.json").read_text())
     assert js["ensemble_members"] == 2 and "scan_probability" in js
 
@@ -250,6 +261,8 @@ def test_fold_ensemble_cv_resume_assemble_predict_evaluate_stress(
     # the stress test: each fold's member on its own held-out patients, inputs perturbed
     stress = tmp_path / "stress.json"
     stress_args = ["stress", "--data", str(tiny_data), "--cv", str(results / "ens"), "--cv-work", str(work)]
+    assert main([*stress_args, "--out", str(stress), "--image-size", str(SMALL_PX), "--fold", "0"]) == 0
+    assert (work / "stress" / "ens" / "fold0.json").exists() and not stress.exists()  # one fold: no table yet
     assert main([*stress_args, "--out", str(stress), "--image-size", str(SMALL_PX)]) == 0
     s = json.loads(stress.read_text())
     assert len(s["table"]) == 11 and s["table"][0]["perturbation"] == "none"

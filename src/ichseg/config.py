@@ -136,6 +136,12 @@ class PipelineConfig:
     # verdict fusion for a U-Net with slice heads: a slice is also positive when its
     # hemorrhage head is at least this (None: the mask alone decides)
     head_threshold: float | None = None
+    # fold ensembles: the first member screens every slice and the others join only where
+    # it sees blood probability or a hemorrhage head of at least this (None: all members on
+    # every slice). Elsewhere the first member's output stands for the ensemble's: a slice
+    # it is that sure of cannot reach the mask threshold on the average unless the other
+    # members are far more sure of blood than it is.
+    screen_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -260,7 +266,9 @@ def preset(name: str) -> RunConfig:
                 intensity=True,
                 strong_intensity=True,
             ),
-            pipeline=PipelineConfig(mask_threshold=0.5, min_area_px=20, speck_removal="component", intracranial=True),
+            pipeline=PipelineConfig(
+                mask_threshold=0.5, min_area_px=20, speck_removal="component", intracranial=True, screen_threshold=0.1
+            ),
             stages=("unet",),
             cv_inner_validation=False,
         )

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ichseg.config import PipelineConfig, RunConfig, load_json, to_dict
+from ichseg.config import PipelineConfig, RunConfig, from_dict, load_json, to_dict
 from ichseg.data.splits import kfold_patients, select, split_patients
 from ichseg.evaluate.bootstrap import HEADLINE, bootstrap_ci
 from ichseg.io import atomic_write_text
@@ -55,7 +55,7 @@ def train_fold(
         inner = {"train": outer["train"], "val": []}
     work = work_root / name / f"fold{fold}"
     saved = work / "config.json"
-    if saved.exists() and load_json(saved) != to_dict(config):
+    if saved.exists() and training_part(from_dict(RunConfig, load_json(saved))) != training_part(config):
         raise ValueError(f"{saved}: this fold was started with another configuration (use another --name or --out)")
     prep = prepare(
         data_dir,
@@ -70,6 +70,13 @@ def train_fold(
     for which in config.stages:
         train_stage(prep, which, resume=True, progress=progress, max_steps=max_steps)
     return prep, outer
+
+
+def training_part(config: RunConfig) -> dict[str, Any]:
+    """What a fold's training depends on: everything but the inference-time ``pipeline``
+    settings, which may change (and be re-evaluated) without retraining. Fields added to
+    the config since a fold started take their defaults when its saved config is read."""
+    return {k: v for k, v in to_dict(config).items() if k != "pipeline"}
 
 
 def run_fold(

@@ -22,7 +22,15 @@ from ichseg.data.normalize import intracranial_masks, normalize_for
 from ichseg.evaluate import metrics as M
 from ichseg.evaluate.bootstrap import bootstrap_ci
 from ichseg.evaluate.figures import plot_confusion, plot_examples
-from ichseg.infer.pipeline import Bundle, classify, masks_from_probs, pipeline_verdict, segment, segment_with_heads
+from ichseg.infer.pipeline import (
+    Bundle,
+    classify,
+    masks_from_probs,
+    pipeline_verdict,
+    segment,
+    segment_bundle,
+    segment_with_heads,
+)
 from ichseg.infer.postprocess import fuse_verdict, resize_mask_nearest
 from ichseg.io import atomic_write, atomic_write_text
 from ichseg.models.weights import DATASET_CREDIT
@@ -140,13 +148,13 @@ def evaluate_records(
         part = records[i : i + chunk]
         _, truth = _cache(bundle, cache_root, ev).load(part, ())
         sl = slice(i, i + len(part))
-        probs, head_p = segment_with_heads(bundle.unet, unet_in[sl], ev, tta_flip=cfg.tta_flip)
-        if single:
-            assert head_p is not None
-            heads_prob[sl] = head_p
         inside = None
         if inside_small is not None:
             inside = np.stack([resize_mask_nearest(m, (ev, ev)) for m in inside_small[sl]])
+        probs, head_p, _ = segment_bundle(bundle, unet_in[sl], ev, inside)
+        if single:
+            assert head_p is not None
+            heads_prob[sl] = head_p
         masks = masks_from_probs(probs, cfg, inside=inside)
         areas[sl] = masks.reshape(len(part), -1).sum(1)
         pmax[sl] = probs.reshape(len(part), -1).max(1)

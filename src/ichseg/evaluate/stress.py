@@ -81,68 +81,113 @@ PERTURBATIONS: dict[str, tuple[tuple[str, Any], tuple[str, Any]]] = {
 }
 
 
+def stress_fold(
+    cfg_dir: Path,
+    work_root: Path,
+    data_dir: Path,
+    fold: int,
+    out_dir: Path,
+    *,
+    expected_size_px: int | None = 650,
+    skip_bad: bool = False,
+) -> Path:
+    """One fold's member on its held-out patients under every condition, as per-slice
+    blob tables at every mask threshold (so the operating point can be chosen after all
+    folds are in): ``out_dir/fold<k>.json``. A fold already written is left as it is."""
+    import json
+
+    from ichseg.config import PreprocessConfig, from_dict
+    from ichseg.crossval import columns
+    from ichseg.data.ctich import build_index
+    from ichseg.data.splits import select
+    from ichseg.ensemble import member_dir
+    from ichseg.evaluate.oof import MASK_THRESHOLDS, member_rows
+    from ichseg.io import atomic_write_text
+    from ichseg.models.weights import load_model
+
+    out = Path(out_dir) / f"fold{fold}.json"
+    if out.exists():
+        return out
+    body = json.loads((Path(cfg_dir) / f"fold{fold}.json").read_text())
+    preprocess = from_dict(PreprocessConfig, body["config"]["preprocess"])
+    eval_px = int(body["config"]["pipeline"]["eval_size_px"])
+    records = build_index(data_dir, expected_size_px=expected_size_px, skip_bad=skip_bad).records
+    held = select(records, body["val_patients"])
+    unet, ucfg, _ = load_model(member_dir(work_root, Path(cfg_dir).name, fold) / "last")
+    windows = tuple(ucfg.windows)
+    conditions: dict[str, dict[str, list]] = {}
+    for name, label, fn in CONDITIONS:
+        perturb = None if fn is None else (lambda stack, rng, fn=fn, w=windows: fn(stack, w, rng))
+        rows = member_rows(
+            unet,
+            ucfg,
+            held,
+            Path(work_root) / "cache",
+            preprocess,
+            ucfg.heads,
+            thresholds=MASK_THRESHOLDS,
+            perturb=perturb,
+            without_intracranial=False,
+            eval_px=eval_px,
+        )
+        conditions[f"{name}|{label}"] = columns(rows)
+        log.info("stress: fold %d, %s %s done", fold, name, label)
+    atomic_write_text(out, json.dumps({"fold": fold, "conditions": conditions}, separators=(",", ":")) + "\n")
+    return out
+
+
+CONDITIONS = [("none", "none", None)] + [(name, label, fn) for name, levels in PERTURBATIONS.items() for label, fn in levels]
+
+
 def run_stress(
     cfg_dir: Path,
     work_root: Path,
     data_dir: Path,
+    out_dir: Path,
     *,
     policy: str | None = None,
     expected_size_px: int | None = 650,
     skip_bad: bool = False,
-) -> dict[str, Any]:
-    """The stress table of the fold ensemble in ``cfg_dir`` (members in ``work_root``)."""
-    from ichseg.data.ctich import build_index
-    from ichseg.data.splits import select
-    from ichseg.ensemble import load_member_folds, member_dir, summarize_members
-    from ichseg.evaluate.oof import member_rows, metrics_at
-    from ichseg.models.weights import load_model
+    folds: list[int] | None = None,
+) -> dict[str, Any] | None:
+    """The stress table of the fold ensemble in ``cfg_dir`` (members in ``work_root``),
+    with each fold's rows cached in ``out_dir`` (:func:`stress_fold`); ``folds`` limits
+    the work to those folds. None until every fold of the configuration is in."""
+    import json
+
+    from ichseg.crossval import rows_of
+    from ichseg.ensemble import load_member_folds, summarize_members
+    from ichseg.evaluate.oof import metrics_at
     from ichseg.workflow import hardware
 
+    members = load_member_folds(cfg_dir)
+    for f in members:
+        if folds is None or f["fold"] in folds:
+            stress_fold(cfg_dir, work_root, data_dir, f["fold"], out_dir, expected_size_px=expected_size_px, skip_bad=skip_bad)
+    cached = sorted(Path(out_dir).glob("fold*.json"))
+    if len(members) < members[0]["folds"] or len(cached) < members[0]["folds"]:
+        return None
     summary = summarize_members(cfg_dir, policy)
     op = summary["operating_point"]
     t, a, h = op["mask_threshold"], op["min_area_px"], op["head_threshold"]
-    folds = load_member_folds(cfg_dir)
-    records = build_index(data_dir, expected_size_px=expected_size_px, skip_bad=skip_bad).records
-    cache_root = Path(work_root) / "cache"
-    from ichseg.config import PreprocessConfig, from_dict
-
-    preprocess = from_dict(PreprocessConfig, folds[0]["config"]["preprocess"])
-    eval_px = int(folds[0]["config"]["pipeline"]["eval_size_px"])
-    conditions = [("none", "none", None)] + [(name, label, fn) for name, levels in PERTURBATIONS.items() for label, fn in levels]
-    pooled: dict[tuple[str, str], list[dict[str, Any]]] = {(n, lab): [] for n, lab, _ in conditions}
-    for f in folds:
-        unet, ucfg, _ = load_model(member_dir(work_root, summary["name"], f["fold"]) / "last")
-        held = select(records, f["val_patients"])
-        windows = tuple(ucfg.windows)
-        for name, label, fn in conditions:
-            perturb = None if fn is None else (lambda stack, rng, fn=fn, w=windows: fn(stack, w, rng))
-            rows = member_rows(
-                unet,
-                ucfg,
-                held,
-                cache_root,
-                preprocess,
-                ucfg.heads,
-                thresholds=(t,),
-                perturb=perturb,
-                without_intracranial=False,
-                eval_px=eval_px,
-            )
-            pooled[(name, label)] += rows
-            log.info("stress: fold %d, %s %s done", f["fold"], name, label)
+    pooled: dict[str, list[dict[str, Any]]] = {}
+    for path in cached:
+        for key, cols in json.loads(path.read_text())["conditions"].items():
+            pooled.setdefault(key, []).extend(rows_of(cols))
+    base = metrics_at(pooled["none|none"], t, a, h)
     table = []
-    base = metrics_at(pooled[("none", "none")], t, a, h)
-    for (name, label), rows in pooled.items():
-        m = metrics_at(rows, t, a, h)
+    for name, label, _ in CONDITIONS:
+        m = metrics_at(pooled[f"{name}|{label}"], t, a, h)
+        dice = m["pixel"]["dice_global"]
         table.append(
             {
                 "perturbation": name,
                 "level": label,
                 "strength": "none" if name == "none" else ("mild" if PERTURBATIONS[name][0][0] == label else "strong"),
-                "dice": m["pixel"]["dice_global"],
+                "dice": dice,
                 "dice_change": None
-                if m["pixel"]["dice_global"] is None
-                else m["pixel"]["dice_global"] - base["pixel"]["dice_global"],
+                if dice is None or base["pixel"]["dice_global"] is None
+                else dice - base["pixel"]["dice_global"],
                 "recall": m["slice"]["recall"],
                 "precision": m["slice"]["precision"],
                 "scan_sensitivity": m["scan"]["sensitivity"],
@@ -153,10 +198,10 @@ def run_stress(
     return {
         "configuration": summary["name"],
         "operating_point": op,
-        "folds": len(folds),
+        "folds": len(members),
         "patients": summary["patients"],
         "normal_patients": base["normal_patients"],
-        "how": __doc__.strip().replace("\n", " "),
+        "how": (__doc__ or "").strip().replace("\n", " "),
         "targets": "at the mild level: Dice drop <= 0.05 and < 500 false-positive px per normal patient",
         "table": table,
         "hardware": hardware(),

@@ -61,6 +61,13 @@ def export_onnx(model_dir: Path, opset: int = 17) -> list[Path]:
 
         atomic_write(path, write)
         _write_sidecar(path, stage)
+        if stage == "unet" and hasattr(model, "members"):  # a fold ensemble's screening member
+            from ichseg.infer.pipeline import SCREEN_GRAPH
+
+            screen = model_dir / SCREEN_GRAPH
+            atomic_write(screen, lambda tmp, m=model.members[0]: write(tmp, model=m))
+            _write_sidecar(screen, stage)
+            out.append(screen)
         log.info("exported %s", path)
         out.append(path)
     return out

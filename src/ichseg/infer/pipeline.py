@@ -32,6 +32,7 @@ from ichseg.infer.runtimes import GRAPH_RUNTIMES, Network, TorchNetwork, as_netw
 
 log = logging.getLogger(__name__)
 RUNTIMES = ("torch", *GRAPH_RUNTIMES, "auto")
+SCREEN_GRAPH = "unet_screen.onnx"  # a fold ensemble's first member alone
 # What "auto" prefers, from `ichseg bench` (docs/PERFORMANCE.md): both graph runtimes are
 # 3-7x faster to start than PyTorch and tie on speed; OpenVINO needs ~200 MB less memory.
 AUTO_ORDER = ("openvino", "onnx")
@@ -49,6 +50,7 @@ class Bundle:
     preprocess: PreprocessConfig
     meta: dict[str, Any]
     path: Path
+    screen: Network | None = None  # a fold ensemble's first member (see PipelineConfig.screen_threshold)
 
     @property
     def windows(self) -> tuple[str, ...]:
@@ -104,6 +106,7 @@ def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = N
             raise FileNotFoundError(f"{model_dir / name}: missing from the model bundle")
     runtime = resolve_runtime(model_dir, runtime)
     classifier: Network | None = None
+    screen: Network | None = None
     ccfg: Any = None
     cmeta: dict[str, Any] = {}
     unet: Network
@@ -114,6 +117,8 @@ def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = N
             classifier = network(model_dir / "classifier.onnx", threads)
         ucfg, umeta = load_model_config(model_dir / "unet")
         unet = network(model_dir / unet_graph, threads)
+        if (model_dir / SCREEN_GRAPH).exists() and runtime != "onnx-int8":
+            screen = network(model_dir / SCREEN_GRAPH, threads)
     else:
         from ichseg.models.weights import load_model
 
@@ -122,6 +127,8 @@ def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = N
             classifier = TorchNetwork(c_module, threads)
         u_module, ucfg, umeta = load_model(model_dir / "unet")
         unet = TorchNetwork(u_module, threads)
+        if hasattr(u_module, "members"):
+            screen = TorchNetwork(u_module.members[0], threads)
     body = load_json(model_dir / "pipeline.json")
     assert isinstance(ucfg, UNetConfig) and (ccfg is None or isinstance(ccfg, ClassifierConfig))
     if not two_stage and not ucfg.heads:
@@ -136,6 +143,7 @@ def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = N
         from_dict(PreprocessConfig, body["preprocess"]),
         {"classifier": cmeta, "unet": umeta, **body},
         model_dir,
+        screen,
     )
 
 
@@ -206,6 +214,34 @@ def segment_with_heads(
         for j, p in enumerate(prob):
             out[s.start + j] = p if p.shape == size else cv2.resize(p, size[::-1], interpolation=cv2.INTER_LINEAR)
     return out, heads
+
+
+def segment_bundle(
+    bundle: Bundle, images_u8: np.ndarray, out_size_px: int | tuple[int, int], inside: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """A bundle's U-Net on every slice: (probabilities (N, H, W) at ``out_size_px``, slice
+    heads (N, K) or None, which slices the whole ensemble ran on (N,) bool).
+
+    With a fold ensemble and ``pipeline.screen_threshold`` its first member screens every
+    slice, and the whole ensemble runs only where that member's blood probability (inside
+    ``inside`` (N, H, W), when given) or hemorrhage head reaches the threshold; elsewhere
+    the first member's output is kept. Without them, the U-Net runs on every slice."""
+    cfg = bundle.pipeline
+    n = len(images_u8)
+    if bundle.screen is None or cfg.screen_threshold is None:
+        probs, heads = segment_with_heads(bundle.unet, images_u8, out_size_px, tta_flip=cfg.tta_flip)
+        return probs, heads, np.ones(n, bool)
+    probs, heads = segment_with_heads(bundle.screen, images_u8, out_size_px, tta_flip=cfg.tta_flip)
+    seen = probs if inside is None else probs * inside
+    flag = seen.reshape(n, -1).max(1) >= cfg.screen_threshold if n else np.zeros(0, bool)
+    if heads is not None:
+        flag |= heads[:, 0] >= cfg.screen_threshold
+    if flag.any():
+        p_all, h_all = segment_with_heads(bundle.unet, images_u8[flag], out_size_px, tta_flip=cfg.tta_flip)
+        probs[flag] = p_all
+        if heads is not None and h_all is not None:
+            heads[flag] = h_all
+    return probs, heads, flag
 
 
 def masks_from_probs(

@@ -170,9 +170,11 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
         masks = dict(enumerate(pred.masks))
         heads_prob = np.stack([pred.heads[h] for h in bundle.heads], 1)
         pmax, verdicts = pred.max_probability, pred.verdict
+        ensembled = pred.segmented
     else:
         masks, heads_prob, pmax = _two_stage(bundle, slices, images)
         verdicts = np.array([bool(masks[i].any()) if i in masks else False for i in range(len(slices))])
+        ensembled = np.array([i in masks for i in range(len(slices))])
     cls_prob = heads_prob[:, 0]
     rows: list[dict[str, Any]] = []
     # PNG encoding releases the GIL: two writer threads halve the time a study spends writing
@@ -193,7 +195,7 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
                 "slice": s.name,
                 "image_path": str(s.brain),
                 "classifier_probability": round(float(cls_prob[i]), 5),
-                "segmented": int(i in masks),
+                "segmented": int(ensembled[i]),
                 "unet_max_probability": round(float(pmax[i]), 5),
                 **{f"{h}_probability": round(float(heads_prob[i, j]), 5) for j, h in enumerate(bundle.heads) if j},
                 "area_px": area,

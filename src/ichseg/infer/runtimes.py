@@ -125,8 +125,10 @@ def bundle_stages(model_dir: Path) -> tuple[str, ...]:
 def onnx_is_current(model_dir: Path, runtime: str = "onnx") -> bool:
     """True when every graph ``runtime`` reads exists and was made from the current
     safetensors of its stage (each graph's ``.json`` sidecar holds their SHA-256)."""
-    files = {"classifier": "classifier.onnx", "unet": GRAPH_RUNTIMES[runtime][2]}
-    for stage, name in files.items():
+    files = [("classifier", "classifier.onnx"), ("unet", GRAPH_RUNTIMES[runtime][2])]
+    if json.loads((Path(model_dir) / "unet.json").read_text()).get("members") and runtime != "onnx-int8":
+        files.append(("unet", "unet_screen.onnx"))  # a fold ensemble's screening member
+    for stage, name in files:
         if stage not in bundle_stages(model_dir):
             continue
         graph, side = Path(model_dir) / name, Path(model_dir) / f"{name}.json"

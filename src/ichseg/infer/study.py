@@ -23,7 +23,7 @@ import numpy as np
 from ichseg.data.cache import resize_image_u8
 from ichseg.data.context import with_context
 from ichseg.data.normalize import intracranial_masks, normalize_studies
-from ichseg.infer.pipeline import Bundle, masks_from_probs, segment_with_heads
+from ichseg.infer.pipeline import Bundle, masks_from_probs, segment_bundle
 from ichseg.infer.postprocess import fuse_verdict, resize_mask_nearest
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ class StudyPrediction:
     heads: dict[str, np.ndarray]  # per head name (hemorrhage first), (N,) probability
     max_probability: np.ndarray  # (N,) highest blood probability inside the head
     intensity_offset: float = 0.0  # grey levels the brain window was shifted by (normalisation)
-    segmented: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (N,) U-Net ran on it
+    # (N,) slices the whole ensemble ran on (all of them unless a screening member ran first)
+    segmented: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     @property
     def slice_probability(self) -> np.ndarray:
@@ -90,8 +91,8 @@ def predict_windows(
     cfg, pipe = bundle.unet_config, bundle.pipeline
     x, offset = network_input_u8(brain, bone, bundle)
     size = cfg.input_size_px
-    probs_small, heads = segment_with_heads(bundle.unet, x, size)
     inside_small = intracranial_masks(x, cfg.windows, cfg.context_slices)
+    probs_small, heads, ensembled = segment_bundle(bundle, x, size, inside_small)
     masks, maxp = [], np.zeros(len(brain), np.float32)
     for i, src in enumerate(brain):
         shape = src.shape[:2]
@@ -103,4 +104,4 @@ def predict_windows(
     head_probs = {h: heads[:, k] for k, h in enumerate(bundle.heads)}
     areas = np.array([m.sum() for m in masks])
     verdict = fuse_verdict(areas, head_probs["hemorrhage"], pipe.head_threshold)
-    return StudyPrediction(masks, verdict, head_probs, maxp, offset, np.ones(len(brain), bool))
+    return StudyPrediction(masks, verdict, head_probs, maxp, offset, ensembled)

@@ -1,0 +1,412 @@
+"""Reading a head-CT DICOM series from a folder into a :class:`~ichseg.io.volume.Volume`.
+
+Hospitals hand over folders, not clean series: files with any names in nested folders, a
+DICOMDIR, the scout (localizer) images, dose reports, other series of the same study,
+sometimes a file that was cut short in the copy. :func:`read_dicom_series` walks the
+folder, picks the axial CT series (or the one asked for), and refuses with a one-line
+error naming the file whenever the volume would be wrong rather than merely incomplete:
+a missing slice, mixed spacing or sizes, a truncated slice. Anything that is not part of
+the series is skipped with a warning that names it.
+
+Policy for broken files: a file whose header cannot be read far enough to know its series
+is skipped with a warning (it may be anything); if it was a slice of the chosen series,
+the gap it leaves is reported as a missing slice, unless it was the first or last slice,
+which the warning then explains. A file whose header names the chosen series but whose
+header or pixel data is incomplete is an error.
+
+Compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000, RLE) are decoded by pydicom's
+pixel handlers; JPEG family decoders come from ``pylibjpeg``, ``pylibjpeg-libjpeg`` and
+``pylibjpeg-openjpeg``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ichseg.data.ctich import DatasetError
+from ichseg.io.volume import Volume, affine_from_dicom
+
+log = logging.getLogger(__name__)
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+GAP_FACTOR = 1.5
+"""A step between consecutive slice positions above this × the median step is a missing slice."""
+SPACING_TOLERANCE = 0.05
+"""Steps that differ from the median by more than this fraction (and by 0.01 mm) are mixed spacing."""
+ORIENTATION_TOLERANCE = 1e-3
+"""Largest difference between direction cosines still counted as the same orientation."""
+
+
+class DicomError(DatasetError):
+    """A DICOM folder or file that cannot give a correct volume; the message names it."""
+
+
+@dataclass
+class _Header:
+    """What the header of one file says (pixel data not read)."""
+
+    path: Path
+    series_uid: str
+    sop_instance_uid: str | None
+    sop_class_uid: str | None
+    modality: str
+    image_type: tuple[str, ...]
+    rows: int | None
+    columns: int | None
+    orientation: np.ndarray | None  # 6 direction cosines
+    position: np.ndarray | None  # ImagePositionPatient
+    pixel_spacing: tuple[float, float] | None
+    frames: int
+    problem: str | None  # set when the file is incomplete
+    ds: Any = field(repr=False, default=None)
+
+    @property
+    def is_localizer(self) -> bool:
+        return "LOCALIZER" in self.image_type
+
+    @property
+    def normal(self) -> np.ndarray | None:
+        if self.orientation is None:
+            return None
+        n = np.cross(self.orientation[:3], self.orientation[3:])
+        norm = np.linalg.norm(n)
+        return n / norm if norm > 0 else None
+
+
+def _floats(value: Any, n: int) -> np.ndarray | None:
+    try:
+        out = np.array([float(v) for v in value], np.float64)
+    except (TypeError, ValueError):
+        return None
+    return out if out.shape == (n,) and np.all(np.isfinite(out)) else None
+
+
+def _read_header(path: Path) -> _Header | None:
+    """Parse one file's header; None (with a warning naming it) for files that are not
+    usable DICOM images of any series."""
+    import pydicom
+
+    if path.name.upper() == "DICOMDIR":
+        log.warning("%s: DICOMDIR (a directory index, not an image); skipped", path)
+        return None
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        log.warning("%s: cannot be read (%s); skipped", path, exc)
+        return None
+    has_magic = len(head) == 132 and head[128:132] == b"DICM"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=not has_magic)
+        except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot parse"
+            if has_magic:
+                log.warning("%s: DICOM file whose header cannot be parsed (%s); skipped", path, exc)
+            else:
+                log.warning("%s: not a DICOM file; skipped", path)
+            return None
+    problems = [str(w.message) for w in caught]
+    try:
+        media_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "")) if hasattr(ds, "file_meta") else ""
+        if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+            log.warning("%s: DICOMDIR (a directory index, not an image); skipped", path)
+            return None
+        series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+        sop_uid = str(ds.get("SOPInstanceUID", "") or "") or None
+        if not has_magic and (not series_uid or sop_uid is None):
+            log.warning("%s: not a DICOM file; skipped", path)
+            return None
+        if not series_uid:
+            why = "; ".join(problems) or "no SeriesInstanceUID"
+            log.warning("%s: incomplete DICOM header (%s), its series is unknown; skipped", path, why)
+            return None
+        modality = str(ds.get("Modality", "") or "")
+        image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or []))
+        rows, columns = ds.get("Rows"), ds.get("Columns")
+        spacing = _floats(ds.get("PixelSpacing") or [], 2)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        hdr = _Header(
+            path=path,
+            series_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            sop_class_uid=str(ds.get("SOPClassUID", "") or "") or None,
+            modality=modality,
+            image_type=image_type,
+            rows=int(rows) if rows is not None else None,
+            columns=int(columns) if columns is not None else None,
+            orientation=_floats(ds.get("ImageOrientationPatient") or [], 6),
+            position=_floats(ds.get("ImagePositionPatient") or [], 3),
+            pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing is not None else None,
+            frames=frames,
+            problem="; ".join(problems) or None,
+            ds=ds,
+        )
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # malformed element values
+        log.warning("%s: DICOM header with malformed values (%s); skipped", path, exc)
+        return None
+    return hdr
+
+
+def _scan(folder: Path) -> tuple[list[_Header], int]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    headers = [h for h in (_read_header(p) for p in files) if h is not None]
+    return headers, len(files)
+
+
+def _describe_files(headers: list[_Header], limit: int = 3) -> str:
+    names = ", ".join(str(h.path) for h in headers[:limit])
+    more = f" and {len(headers) - limit} more" if len(headers) > limit else ""
+    return names + more
+
+
+def _is_axial(headers: list[_Header]) -> bool:
+    n = next((h.normal for h in headers if h.normal is not None), None)
+    return n is not None and int(np.argmax(np.abs(n))) == 2
+
+
+def _choose_series(folder: Path, headers: list[_Header], series_uid: str | None) -> list[_Header]:
+    groups: dict[str, list[_Header]] = defaultdict(list)
+    for h in headers:
+        groups[h.series_uid].append(h)
+    if series_uid is not None:
+        if series_uid not in groups:
+            found = ", ".join(f"{uid} ({g[0].modality or '?'}, {len(g)} files)" for uid, g in groups.items()) or "none"
+            raise DicomError(f"{folder}: no series with SeriesInstanceUID {series_uid} (found: {found})")
+        chosen = groups[series_uid]
+        if chosen[0].modality != "CT":
+            raise DicomError(f"{folder}: series {series_uid} is modality {chosen[0].modality or 'unknown'}, not CT")
+        for uid, g in groups.items():
+            if uid != series_uid:
+                log.warning("%s: series %s not asked for; skipped: %s", folder, uid, _describe_files(g))
+        kept = [h for h in chosen if not h.is_localizer]
+        for h in chosen:
+            if h.is_localizer:
+                log.warning("%s: localizer image (ImageType %s); skipped", h.path, "\\".join(h.image_type))
+        if not kept:
+            raise DicomError(f"{folder}: series {series_uid} holds only localizer images")
+        return kept
+
+    candidates: list[tuple[tuple[int, int], str, list[_Header]]] = []
+    reasons: list[str] = []
+    for uid, g in groups.items():
+        modality = g[0].modality or "unknown"
+        if modality != "CT":
+            log.warning("%s: modality %s, not CT; skipped", _describe_files(g), modality)
+            reasons.append(f"{modality} series ({len(g)} files)")
+            continue
+        images = []
+        for h in g:
+            if h.is_localizer:
+                log.warning("%s: localizer image (ImageType %s); skipped", h.path, "\\".join(h.image_type))
+            else:
+                images.append(h)
+        if not images:
+            reasons.append(f"CT localizer series ({len(g)} files)")
+            continue
+        if len(images) == 1 and images[0].frames == 1:
+            log.warning("%s: single-slice CT series %s (a localizer or a key image); skipped", images[0].path, uid)
+            reasons.append("single-slice CT series")
+            continue
+        candidates.append(((int(_is_axial(images)), len(images)), uid, images))
+    if not candidates:
+        found = "; ".join(reasons) if reasons else "no DICOM images"
+        raise DicomError(f"{folder}: no axial CT series to read ({found})")
+    candidates.sort(key=lambda c: c[0], reverse=True)
+    (axial, n), uid, images = candidates[0]
+    if not axial:
+        log.warning("%s: no axial CT series; reading the non-axial series %s (%d images)", folder, uid, n)
+    for (_, n_other), other_uid, other in candidates[1:]:
+        log.warning("%s: other CT series %s (%d images) skipped: %s", folder, other_uid, n_other, _describe_files(other))
+    return images
+
+
+def _check_series(folder: Path, series: list[_Header]) -> tuple[list[_Header], np.ndarray, np.ndarray]:
+    """Validate one series' headers; return them in slice order with their positions along the
+    normal and the normal itself."""
+    by_uid: dict[str, _Header] = {}
+    unique = []
+    for h in series:
+        if h.sop_instance_uid is not None and h.sop_instance_uid in by_uid:
+            log.warning("%s: same SOPInstanceUID as %s (a copy); skipped", h.path, by_uid[h.sop_instance_uid].path)
+            continue
+        if h.sop_instance_uid is not None:
+            by_uid[h.sop_instance_uid] = h
+        unique.append(h)
+    series = unique
+    for h in series:
+        if h.frames > 1:
+            raise DicomError(f"{h.path}: multi-frame image ({h.frames} frames, e.g. Enhanced CT) is not supported")
+        missing = [
+            name
+            for name, value in (
+                ("Rows", h.rows),
+                ("Columns", h.columns),
+                ("ImageOrientationPatient", h.orientation),
+                ("ImagePositionPatient", h.position),
+                ("PixelSpacing", h.pixel_spacing),
+                ("SOPInstanceUID", h.sop_instance_uid),
+            )
+            if value is None
+        ]
+        if missing:
+            extra = f" ({h.problem})" if h.problem else ""
+            raise DicomError(f"{h.path}: truncated or incomplete DICOM header, missing {', '.join(missing)}{extra}")
+        if h.normal is None:
+            raise DicomError(f"{h.path}: ImageOrientationPatient {list(h.orientation)} has parallel row and column directions")
+    first = series[0]
+    for h in series[1:]:
+        if (h.rows, h.columns) != (first.rows, first.columns):
+            raise DicomError(
+                f"{h.path}: image is {h.rows}×{h.columns} (rows × columns) but {first.path} is {first.rows}×{first.columns}"
+            )
+        if not np.allclose(h.orientation, first.orientation, atol=ORIENTATION_TOLERANCE):
+            raise DicomError(
+                f"{h.path}: ImageOrientationPatient {np.round(h.orientation, 4).tolist()} differs from "
+                f"{np.round(first.orientation, 4).tolist()} in {first.path} (mixed orientations in one series)"
+            )
+        if not np.allclose(h.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=1e-4):
+            raise DicomError(
+                f"{h.path}: PixelSpacing {list(h.pixel_spacing)} mm differs from {list(first.pixel_spacing)} in {first.path}"
+            )
+    normal = first.normal
+    assert normal is not None
+    z = np.array([float(h.position @ normal) for h in series])
+    order = np.argsort(z, kind="stable")
+    series = [series[i] for i in order]
+    z = z[order]
+    if len(series) > 1:
+        steps = np.diff(z)
+        dup = np.flatnonzero(steps < 1e-3)
+        if len(dup):
+            i = int(dup[0])
+            raise DicomError(
+                f"{series[i + 1].path}: same slice position ({z[i]:.3f} mm along the normal) as {series[i].path} "
+                "(two acquisitions or duplicate slices in one series)"
+            )
+        median = float(np.median(steps))
+        gaps = np.flatnonzero(steps > GAP_FACTOR * median)
+        if len(gaps):
+            i = int(gaps[0])
+            raise DicomError(
+                f"{folder}: missing slice(s) between {series[i].path.name} and {series[i + 1].path.name}: their positions are "
+                f"{steps[i]:.2f} mm apart, the median step is {median:.2f} mm"
+            )
+        odd = np.flatnonzero(np.abs(steps - median) > max(0.01, SPACING_TOLERANCE * median))
+        if len(odd):
+            i = int(odd[0])
+            raise DicomError(
+                f"{folder}: mixed slice spacing: {series[i].path.name} → {series[i + 1].path.name} is {steps[i]:.2f} mm, "
+                f"the median step is {median:.2f} mm"
+            )
+    return series, z, normal
+
+
+def _read_pixels(h: _Header) -> tuple[np.ndarray, Any]:
+    """HU of one slice (float32), and its full dataset; errors name the file."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(h.path)
+        except Exception as exc:
+            raise DicomError(f"{h.path}: cannot read DICOM file ({exc})") from exc
+    if "PixelData" not in ds:
+        why = "; ".join(str(w.message) for w in caught)
+        raise DicomError(f"{h.path}: no pixel data (file truncated?{' ' + why if why else ''})")
+    ts = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixels = ds.pixel_array
+    except Exception as exc:  # decoders raise many types; the message is what matters
+        name = getattr(ts, "name", ts)
+        hint = " (are pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg installed?)" if "decoder" in str(exc).lower() else ""
+        raise DicomError(f"{h.path}: cannot decode pixel data, transfer syntax {name}: {exc}{hint}") from exc
+    if pixels.shape != (h.rows, h.columns):
+        raise DicomError(f"{h.path}: pixel data has shape {pixels.shape}, header says {h.rows}×{h.columns}")
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise DicomError(f"{h.path}: {ds.SamplesPerPixel} samples per pixel; a CT slice is greyscale")
+    hu = apply_modality_lut(pixels, ds).astype(np.float32)
+    return hu, ds
+
+
+def read_dicom_series(folder: Path | str, series_uid: str | None = None) -> Volume:
+    """Read the head-CT series in ``folder`` (searched recursively) as a Volume in HU.
+
+    Without ``series_uid`` the series is the CT series with axial slices and the most
+    images, leaving out localizers (ImageType LOCALIZER) and single-image series; every
+    file left out is named in a warning. Slices are ordered by ImagePositionPatient
+    projected on the slice normal (row × column direction of ImageOrientationPatient),
+    not by file name or InstanceNumber; HU = stored value × RescaleSlope + RescaleIntercept
+    (or the Modality LUT). Raises :class:`DicomError` (a ValueError) naming the file or
+    folder for: no folder, no DICOM, no CT; a missing slice (a step > 1.5 × the median),
+    mixed slice spacing, sizes, orientations or pixel spacings; a truncated slice;
+    undecodable pixel data.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise DicomError(f"{folder}: no such folder")
+    if folder.is_file():
+        raise DicomError(f"{folder}: a file; give the folder that holds the series")
+    headers, n_files = _scan(folder)
+    if n_files == 0:
+        raise DicomError(f"{folder}: empty folder, no DICOM files")
+    if not headers:
+        raise DicomError(f"{folder}: no DICOM image among its {n_files} files")
+    chosen = _choose_series(folder, headers, series_uid)
+    series, z, normal = _check_series(folder, chosen)
+
+    slices = []
+    datasets = []
+    for h in series:
+        if h.problem:
+            log.warning("%s: header read with warnings: %s", h.path, h.problem)
+        hu, ds = _read_pixels(h)
+        slices.append(hu)
+        datasets.append(ds)
+    first = series[0]
+    n = len(series)
+    if n > 1:
+        step = (series[-1].position - first.position) / (n - 1)
+        slice_spacing = float(np.median(np.diff(z)))
+        tilt = np.degrees(np.arccos(np.clip(abs(step @ normal) / np.linalg.norm(step), -1, 1)))
+        if tilt > 0.5:
+            log.warning("%s: slices step %.1f° off their normal (gantry tilt); the affine is sheared to match", folder, tilt)
+    else:
+        ds0 = datasets[0]
+        slice_spacing = float(ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness") or 1.0)
+        step = normal * slice_spacing
+        log.warning("%s: a single slice; slice spacing taken as %.3g mm from its header", first.path, slice_spacing)
+    assert first.orientation is not None and first.pixel_spacing is not None and first.position is not None
+    affine = affine_from_dicom(first.position, first.orientation[:3], first.orientation[3:], first.pixel_spacing, step)
+    ds0 = datasets[0]
+    vol = Volume(
+        hu=np.stack(slices),
+        spacing_mm=(slice_spacing, first.pixel_spacing[0], first.pixel_spacing[1]),
+        affine_ras=affine,
+        source=str(folder),
+        series_uid=first.series_uid,
+        sop_instance_uids=[str(h.sop_instance_uid) for h in series],
+        files=[str(h.path) for h in series],
+        sop_class_uid=first.sop_class_uid,
+        study_instance_uid=str(ds0.get("StudyInstanceUID", "") or "") or None,
+        frame_of_reference_uid=str(ds0.get("FrameOfReferenceUID", "") or "") or None,
+        patient_id=str(ds0.get("PatientID", "") or "") or None,
+        patient_name=str(ds0.get("PatientName", "") or "") or None,
+        study_description=str(ds0.get("StudyDescription", "") or "") or None,
+        series_description=str(ds0.get("SeriesDescription", "") or "") or None,
+        modality=first.modality,
+    )
+    log.info("%s: series %s, %s", folder, first.series_uid, vol.describe())
+    return vol
