@@ -239,8 +239,18 @@ def preset(name: str) -> RunConfig:
       with slice and subtype heads on its bottleneck, per-study parenchyma normalisation,
       strong intensity/resolution augmentation, whole slices (every pixel of a normal
       slice is a negative), fixed cosine schedule, no classifier, no early stopping.
+    - ``robust-crop``: ``robust`` trained on 128×128 crops of its 192×192 slices, centred
+      near blood on slices with blood (four times the blood pixels per step of whole
+      slices, on which ``robust`` under-segmented large bleeds), with slice-head targets
+      taken from each crop; 24 epochs of 800 crops, half with blood.
     - ``demo``: the embedded synthetic demo, sized to finish in minutes.
     """
+    if name == "robust-crop":
+        r = preset("robust")
+        return dataclasses.replace(
+            r,
+            train_unet=dataclasses.replace(r.train_unet, crop_px=128, epochs=24, samples_per_epoch=800, positive_fraction=0.5),
+        )
     if name == "robust":
         return RunConfig(
             unet=UNetConfig(
@@ -357,7 +367,7 @@ def preset(name: str) -> RunConfig:
     raise ValueError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
 
 
-PRESETS = ("paper", "paper-cpu", "cpu", "fast", "fast-ctx", "hires", "hires-long", "hires-xl", "robust", "demo")
+PRESETS = ("paper", "paper-cpu", "cpu", "fast", "fast-ctx", "hires", "hires-long", "hires-xl", "robust", "robust-crop", "demo")
 
 
 def model_stem(path_stem: Path) -> Path:

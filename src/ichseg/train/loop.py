@@ -88,6 +88,16 @@ def dice_from_sums(s: np.ndarray) -> float:
     return float(2 * s[0] / denom) if denom else 1.0
 
 
+def head_targets(slice_targets: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Slice-head targets (B, heads) for what the network was shown: a crop of a slice
+    with blood that holds none of it is a normal image, so every head is 0 there; a crop
+    with blood keeps the slice's flags (hemorrhage first, then its subtypes)."""
+    has_blood = masks.reshape(len(masks), -1).any(1).astype(np.float32)
+    out = slice_targets.astype(np.float32) * has_blood[:, None]
+    out[:, 0] = has_blood
+    return out
+
+
 def seg_logits(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """The mask logits of a U-Net's output (the first of two when it has slice heads)."""
     return out[0] if isinstance(out, tuple) else out
@@ -195,8 +205,6 @@ def train_model(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     loss_fn = SegmentationLoss(config.head_loss_weight) if segmenter else nn.BCEWithLogitsLoss()
     heads = bool(getattr(model_config, "heads", ())) and segmenter
-    if heads and config.crop_px:
-        raise ValueError("a U-Net with slice heads trains on whole slices: set crop_px to 0")
     aug = build_augmenter(config)
     n_samples = config.samples_per_epoch or len(train.images)
     steps_per_epoch = -(-n_samples // config.batch_size)
@@ -258,9 +266,7 @@ def train_model(
                 y = torch.from_numpy(masks).unsqueeze(1).float()
             else:
                 y = torch.from_numpy(train.classifier_targets()[idx]).float()
-            # slice-head targets of a U-Net (crops of a positive slice may miss the blood, so
-            # heads train on whole slices only: the robust preset does not crop)
-            yh = torch.from_numpy(train.classifier_targets()[idx]).float() if heads else None
+            yh = torch.from_numpy(head_targets(train.classifier_targets()[idx], masks)).float() if heads else None
             if world > 1:  # every process prepares the whole batch (same augmentation), trains on its share
                 share = np.array_split(np.arange(len(idx)), world)[rank]
                 x, y, idx = x[share], y[share], idx[share]
