@@ -422,6 +422,13 @@ def test_bench_times_each_path_in_its_own_process(trained: Path, tiny_data: Path
     assert check_targets(r)["a"]["all"] and not check_targets(r)["b"]["all"] and not check_targets(r)["b"]["median_s"]
     assert not check_targets({**r, "peak_rss_mb": 2000})["a"]["all"]
     assert "| typical | torch | 8 (" in markdown(report)
+    # `ichseg predict` timed as a whole process, start-up included, on the default runtime
+    for st in report["results"][report["default_runtime"]]["studies"].values():
+        assert st["whole_process_s"] > 0 and len(st["whole_process_s_all"]) == 3
+    assert "whole_process_s" in report["targets"]["typical"]
+    slow = {"typical": {**fast, "whole_process_s": 3.5}, "heavy": {**fast, "whole_process_s": 5.5}}
+    t = check_targets({**r, "studies": slow})
+    assert not t["typical"]["whole_process_s"] and t["heavy"]["whole_process_s"]
 
 
 def test_batch_predict_streams_studies_and_restarts_where_it_stopped(trained: Path, tiny_data: Path, tmp_path: Path) -> None:

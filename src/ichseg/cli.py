@@ -208,6 +208,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ichseg.infer.pipeline import load_bundle
     from ichseg.infer.predict import predict_path
 
+    if args.sample:
+        if args.path is not None:
+            raise SystemExit("give either PATH or --sample, not both")
+        from ichseg.io.convert import convert_patient
+        from ichseg.sample import sample_study_dir
+
+        args.path = convert_patient(sample_study_dir(), "dicom", Path(args.out) / "input_dicom")
+        print(f"sample study (CT-ICH, CC BY 4.0) converted to a DICOM series -> {args.path}")
+    if args.path is None:
+        raise SystemExit("predict needs PATH (or --sample)")
+    from ichseg.infer.volume import detect_input
+
+    kind = detect_input(Path(args.path))
+    if kind != "images":
+        return _predict_volume(args, kind)
     if is_batch_root(args.path):
         return _predict_batch(args)
     bundle = load_bundle(_model_dir(args), runtime=args.runtime)
@@ -216,6 +231,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pos = [r["slice"] for r in rows if r["hemorrhage"]]
     print(f"{len(rows)} slice(s) in {time.perf_counter() - t0:.1f} s; hemorrhage on {len(pos)}: {', '.join(pos) or 'none'}")
     print(f"masks, overlays, predictions.csv/json -> {args.out}")
+    return 0
+
+
+def _predict_volume(args: argparse.Namespace, kind: str) -> int:
+    """A DICOM series or a NIfTI volume in HU: masks on its grid, volumes, SEG/SR, report."""
+    from ichseg.infer.pipeline import load_bundle
+    from ichseg.infer.volume import predict_volume
+
+    t0 = time.perf_counter()
+    if kind == "dicom":
+        from ichseg.io.dicom import read_dicom_series
+
+        volume = read_dicom_series(Path(args.path), series_uid=args.series)
+    else:
+        from ichseg.io.nifti import read_nifti
+
+        volume = read_nifti(Path(args.path))
+    bundle = load_bundle(_model_dir(args), runtime=args.runtime)
+    s = predict_volume(bundle, volume, Path(args.out), pdf=args.pdf)
+    verdict = "HEMORRHAGE" if s["hemorrhage"] else "no hemorrhage"
+    print(
+        f"{kind} {volume.shape[0]} slices, {s['spacing_mm'][1]:.2f}×{s['spacing_mm'][2]:.2f}×{s['spacing_mm'][0]:.1f} mm: "
+        f"{verdict} (scan probability {s['scan_probability']:.2f}), {s['total_volume_ml']:.1f} mL in {len(s['lesions'])} "
+        f"lesion(s) [{time.perf_counter() - t0:.1f} s]"
+    )
+    for les in s["lesions"]:
+        sub = f", {les['subtype']} {les['subtype_probability']:.2f}" if les.get("subtype") else ""
+        print(f"  lesion {les['label']}: {les['volume_ml']:.2f} mL (ABC/2 {les['abc2_ml']:.2f} mL), slices {les['slices']}{sub}")
+    print(f"{', '.join(s['outputs'])} -> {args.out}")
     return 0
 
 
@@ -519,13 +563,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser(
-        "predict", help="masks, overlays and verdicts for a slice, a patient folder or a folder of slices", allow_abbrev=False
+        "predict",
+        help="masks, verdicts and volumes for a DICOM series, a NIfTI volume, a slice, a patient folder or a folder of studies",
+        allow_abbrev=False,
     )
     s.add_argument(
         "path",
         type=Path,
-        help="an image, Patients_CT/<ID>, its brain/ folder, any folder of slices, or a folder of studies (e.g. Patients_CT)",
+        nargs="?",
+        default=None,
+        help="a DICOM series folder, a .nii/.nii.gz volume in HU, an image, Patients_CT/<ID>, its brain/ folder, any "
+        "folder of slices, or a folder of studies (e.g. Patients_CT)",
     )
+    s.add_argument("--sample", action="store_true", help="the bundled sample study (CT-ICH), converted to a DICOM series")
+    s.add_argument("--series", default=None, help="DICOM: the SeriesInstanceUID to read when a folder holds several")
+    s.add_argument("--pdf", action="store_true", help="DICOM/NIfTI: also write report.pdf (needs WeasyPrint)")
     s.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--no-overlays", action="store_true", help="skip overlay PNGs")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -23,7 +24,7 @@ import numpy as np
 from ichseg.data.cache import resize_image_u8
 from ichseg.data.context import with_context
 from ichseg.data.normalize import intracranial_masks, normalize_studies
-from ichseg.infer.pipeline import Bundle, masks_from_probs, segment_bundle
+from ichseg.infer.pipeline import Bundle, classify, masks_from_probs, segment_bundle, segment_with_heads
 from ichseg.infer.postprocess import fuse_verdict, resize_mask_nearest
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,12 @@ class StudyPrediction:
 
 
 def network_input_u8(
-    brain: Sequence[np.ndarray], bone: Sequence[np.ndarray | None] | None, bundle: Bundle
+    brain: Sequence[np.ndarray], bone: Sequence[np.ndarray | None] | None, bundle: Bundle, cfg: Any = None
 ) -> tuple[np.ndarray, float]:
-    """The U-Net's uint8 input (N, C, S, S) for one study's slices, normalised as its
-    config asks; returns it with the brain-window offset applied (grey levels)."""
-    cfg = bundle.unet_config
+    """A network's uint8 input (N, C, S, S) for one study's slices (the U-Net's unless
+    ``cfg`` names another), normalised as its config asks; returns it with the
+    brain-window offset applied (grey levels)."""
+    cfg = cfg or bundle.unet_config
     size, interp = cfg.input_size_px, bundle.preprocess.image_interpolation
     x = np.zeros((len(brain), len(cfg.windows), size, size), np.uint8)
     for i in range(len(brain)):
@@ -72,7 +74,7 @@ def network_input_u8(
                 x[i, c] = resize_image_u8(src, size, interp)
     x = with_context(x, [("study", i) for i in range(len(brain))], cfg.context_slices)
     offset = 0.0
-    if cfg.normalize == "parenchyma":
+    if getattr(cfg, "normalize", "none") == "parenchyma":
         x, offsets = normalize_studies(x, cfg.windows, cfg.context_slices, ["study"] * len(x), cfg.normalize_reference)
         offset = offsets.get("study", 0.0)
     return x, offset
@@ -83,16 +85,23 @@ def predict_windows(
 ) -> StudyPrediction:
     """Predict one study from its 8-bit brain-window slices (and bone-window twins, None
     where missing), in slice order. Each slice may have its own size; masks come back at
-    that size. Needs a single-network bundle (``bundle.classifier`` is None)."""
-    if bundle.classifier is not None:
-        raise ValueError(f"{bundle.path}: a two-stage bundle; use ichseg.infer.predict.predict_path")
+    that size. A two-stage bundle's classifier gates the U-Net (its probabilities are the
+    slice heads, and only the slices it passes are segmented)."""
     if not len(brain):
         raise ValueError("no slices to predict")
     cfg, pipe = bundle.unet_config, bundle.pipeline
     x, offset = network_input_u8(brain, bone, bundle)
     size = cfg.input_size_px
     inside_small = intracranial_masks(x, cfg.windows, cfg.context_slices)
-    probs_small, heads, ensembled = segment_bundle(bundle, x, size, inside_small)
+    if bundle.classifier is not None:  # the two-stage path: classifier first, U-Net on what it passes
+        c_in, _ = network_input_u8(brain, bone, bundle, bundle.classifier_config)
+        heads = classify(bundle.classifier, c_in)
+        ensembled = heads[:, 0] >= pipe.classifier_threshold
+        probs_small = np.zeros((len(x), size, size), np.float32)
+        if ensembled.any():
+            probs_small[ensembled] = segment_with_heads(bundle.unet, x[ensembled], size, tta_flip=pipe.tta_flip)[0]
+    else:
+        probs_small, heads, ensembled = segment_bundle(bundle, x, size, inside_small)
     masks, maxp = [], np.zeros(len(brain), np.float32)
     for i, src in enumerate(brain):
         shape = src.shape[:2]
@@ -103,5 +112,8 @@ def predict_windows(
     assert heads is not None  # single-network bundles always have heads (load_bundle checks)
     head_probs = {h: heads[:, k] for k, h in enumerate(bundle.heads)}
     areas = np.array([m.sum() for m in masks])
-    verdict = fuse_verdict(areas, head_probs["hemorrhage"], pipe.head_threshold)
+    if bundle.classifier is not None:
+        verdict = ensembled & (areas > 0)
+    else:
+        verdict = fuse_verdict(areas, head_probs["hemorrhage"], pipe.head_threshold)
     return StudyPrediction(masks, verdict, head_probs, maxp, offset, ensembled)

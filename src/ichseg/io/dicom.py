@@ -325,6 +325,11 @@ def _read_pixels(h: _Header) -> tuple[np.ndarray, Any]:
         why = "; ".join(str(w.message) for w in caught)
         raise DicomError(f"{h.path}: no pixel data (file truncated?{' ' + why if why else ''})")
     ts = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
+    if ts is not None and not ts.is_compressed:
+        expected = h.rows * h.columns * int(ds.get("BitsAllocated", 16) or 16) // 8 * int(ds.get("SamplesPerPixel", 1) or 1)
+        got = len(ds.PixelData)
+        if got < expected:
+            raise DicomError(f"{h.path}: truncated file, pixel data has {got} of {expected} bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

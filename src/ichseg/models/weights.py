@@ -14,16 +14,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ichseg.config import ClassifierConfig, UNetConfig, load_model_config, model_stem, save_json
+from ichseg.data.ctich import DATASET_CREDIT  # re-exported: the credit written into every sidecar
 from ichseg.io import atomic_write
 from ichseg.models import build_model
 
 log = logging.getLogger(__name__)
-
-DATASET_CREDIT = (
-    "Trained on CT-ICH: Hssayeni, M. (2019). Computed Tomography Images for Intracranial "
-    "Hemorrhage Detection and Segmentation (version 1.0.0). PhysioNet. doi:10.13026/w8q8-ky94. "
-    "CC BY 4.0."
-)
+__all__ = ["DATASET_CREDIT", "load_model", "save_ensemble", "save_model", "save_tensors"]
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

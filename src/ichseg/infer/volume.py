@@ -1,0 +1,270 @@
+"""Predict a CT volume in Hounsfield units (a DICOM series or a NIfTI file) and write what a
+clinical reader and a PACS want: the mask on the input grid (NIfTI; DICOM SEG for DICOM
+input), the volumes in mL (``summary.json``; a DICOM SR for DICOM input), a self-contained
+report, beside the per-slice masks, overlays and tables that ``predict`` writes for images.
+
+The model was trained on CT-ICH's 8-bit JPG windows, 650×650 px per slice. A volume is
+therefore (1) windowed with the estimated CT-ICH window settings
+(:mod:`ichseg.data.windows`), (2) resampled in-plane to the pixel size the model expects
+(:data:`MODEL_PIXEL_MM`) and centred on a 650×650 frame, as CT-ICH's slices are, so a head
+appears at the size the model knows, (3) predicted slice by slice with its neighbours
+(:func:`ichseg.infer.study.predict_windows`), and (4) the masks are taken back through the
+same frame onto the original grid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ichseg.infer.pipeline import Bundle
+from ichseg.io import atomic_write, atomic_write_png, atomic_write_text
+from ichseg.io.volume import Volume
+
+log = logging.getLogger(__name__)
+
+FRAME_PX = 650  # CT-ICH slices are 650×650
+
+
+def model_pixel_mm() -> float:
+    """The in-plane pixel size (mm) the model's 650-px frames stand for: the spacing the
+    CT-ICH converter writes (:mod:`ichseg.io.convert`), so that a converted patient comes
+    back on exactly the frame it was trained on."""
+    from ichseg.io.convert import CT_ICH_PIXEL_SPACING_MM
+
+    return float(CT_ICH_PIXEL_SPACING_MM)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """How one slice of shape ``shape`` sits in the model's frame: scaled by ``scale``
+    (rows, columns) to ``scaled`` px, then placed at ``offset`` (may be negative: cropped)."""
+
+    shape: tuple[int, int]
+    scaled: tuple[int, int]
+    offset: tuple[int, int]
+
+
+def frame_for(shape: tuple[int, int], pixel_spacing_mm: tuple[float, float], frame_px: int = FRAME_PX) -> Frame:
+    """The resampling that puts a slice of ``shape`` with ``pixel_spacing_mm`` (rows,
+    columns) at the model's pixel size, centred in a ``frame_px`` square."""
+    target = model_pixel_mm()
+    scaled = (max(1, round(shape[0] * pixel_spacing_mm[0] / target)), max(1, round(shape[1] * pixel_spacing_mm[1] / target)))
+    offset = ((frame_px - scaled[0]) // 2, (frame_px - scaled[1]) // 2)
+    return Frame(tuple(shape), scaled, offset)  # type: ignore[arg-type]
+
+
+def to_frame(image_u8: np.ndarray, frame: Frame, frame_px: int = FRAME_PX) -> np.ndarray:
+    """A slice (H, W) uint8 in the model's frame (zeros, i.e. air, around it)."""
+    shrink = frame.scaled[0] * frame.scaled[1] < image_u8.shape[0] * image_u8.shape[1]
+    img = image_u8
+    if frame.scaled != image_u8.shape:
+        img = cv2.resize(image_u8, frame.scaled[::-1], interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    out = np.zeros((frame_px, frame_px), np.uint8)
+    (oy, ox), (h, w) = frame.offset, frame.scaled
+    ys, xs = max(0, oy), max(0, ox)
+    ye, xe = min(frame_px, oy + h), min(frame_px, ox + w)
+    out[ys:ye, xs:xe] = img[ys - oy : ye - oy, xs - ox : xe - ox]
+    return out
+
+
+def from_frame(mask: np.ndarray, frame: Frame) -> np.ndarray:
+    """A mask in the model's frame back on the slice's own grid (nearest neighbour)."""
+    (oy, ox), (h, w) = frame.offset, frame.scaled
+    scaled = np.zeros((h, w), bool)
+    ys, xs = max(0, oy), max(0, ox)
+    ye, xe = min(mask.shape[0], oy + h), min(mask.shape[1], ox + w)
+    scaled[ys - oy : ye - oy, xs - ox : xe - ox] = mask[ys:ye, xs:xe]
+    if (h, w) == frame.shape:
+        return scaled
+    return cv2.resize(scaled.astype(np.uint8), frame.shape[::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def _index_to_world(volume: Volume, dicom: bool) -> np.ndarray:
+    """(slice, row, column, 1) → world mm: DICOM patient LPS for DICOM input, RAS+ else."""
+    perm = np.zeros((4, 4))
+    perm[0, 2] = perm[1, 1] = perm[2, 0] = perm[3, 3] = 1.0  # (k, r, c) → (c, r, k)
+    return (volume.affine_lps if dicom else volume.affine_ras) @ perm
+
+
+def predict_volume(bundle: Bundle, volume: Volume, out_dir: Path, *, pdf: bool = False) -> dict[str, Any]:
+    """Predict ``volume`` and write every output into ``out_dir``; returns the summary."""
+    from ichseg.data.windows import hu_to_windows
+    from ichseg.infer.predict import overlay_rgb
+    from ichseg.infer.study import predict_windows
+    from ichseg.io.nifti import write_mask_nifti
+    from ichseg.report.lesions import lesions, total_volume_ml
+
+    out_dir = Path(out_dir)
+    dicom = bool(volume.files) and volume.sop_instance_uids is not None
+    brain, bone = hu_to_windows(volume.hu)
+    frame = frame_for(volume.hu.shape[1:], volume.pixel_spacing)
+    pred = predict_windows(bundle, [to_frame(b, frame) for b in brain], [to_frame(b, frame) for b in bone])
+    masks = np.stack([from_frame(m, frame) for m in pred.masks])
+    found = lesions(masks, volume.spacing_mm, pred.heads, index_to_world_mm=_index_to_world(volume, dicom))
+    total = total_volume_ml(found)
+    n = len(masks)
+    names = [f"{k + 1:04d}" for k in range(n)]
+    for k in range(n):  # today's per-slice outputs, on the input grid
+        atomic_write_png(out_dir / "masks" / f"{names[k]}_mask.png", masks[k].astype(np.uint8) * 255)
+        atomic_write_png(out_dir / "overlays" / f"{names[k]}_overlay.png", overlay_rgb(brain[k], masks[k]))
+    rows = [
+        {
+            "slice": k + 1,
+            "hemorrhage_probability": round(float(pred.slice_probability[k]), 5),
+            **{f"{h}_probability": round(float(p[k]), 5) for h, p in pred.heads.items() if h != "hemorrhage"},
+            "max_blood_probability": round(float(pred.max_probability[k]), 5),
+            "area_px": int(masks[k].sum()),
+            "area_mm2": round(float(masks[k].sum() * volume.spacing_mm[1] * volume.spacing_mm[2]), 2),
+            "hemorrhage": int(pred.verdict[k]),
+        }
+        for k in range(n)
+    ]
+
+    def write_csv(tmp: Path) -> None:
+        import csv
+
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(out_dir / "predictions.csv", write_csv)
+    write_mask_nifti(masks, volume, out_dir / "mask.nii.gz")
+    outputs = ["mask.nii.gz", "predictions.csv", "masks/", "overlays/"]
+    if dicom:
+        from pydicom import dcmread
+
+        from ichseg.io.dicom_seg import write_measurements_sr, write_segmentation
+
+        sources = [dcmread(f, stop_before_pixels=True) for f in volume.files or []]
+        seg = write_segmentation(masks, sources, out_dir / "segmentation.dcm")
+        write_measurements_sr(seg, sources, found, total, out_dir / "measurements.dcm")
+        outputs += ["segmentation.dcm", "measurements.dcm"]
+    summary = {
+        "input": volume.source,
+        "input_kind": "dicom" if dicom else "nifti",
+        "hemorrhage": pred.hemorrhage,
+        "scan_probability": round(pred.scan_probability, 5),
+        "total_volume_ml": round(total, 3),
+        "lesions": [_lesion_json(les) for les in found],
+        "coordinates": "DICOM patient LPS mm" if dicom else "RAS+ mm (NIfTI world)",
+        "slices": n,
+        "positive_slices": [k + 1 for k in range(n) if pred.verdict[k]],
+        "spacing_mm": list(volume.spacing_mm),
+        "model": str(bundle.path),
+        "ensemble_members": bundle.members,
+        "runtime": bundle.meta.get("runtime", "torch"),
+        "operating_point": {
+            "mask_threshold": bundle.pipeline.mask_threshold,
+            "min_area_px_at_512": bundle.pipeline.min_area_px,
+            "head_threshold": bundle.pipeline.head_threshold,
+        },
+        "preprocessing": {
+            "windows": "HU windowed with the estimated CT-ICH brain and bone windows (ichseg.data.windows)",
+            "model_pixel_mm": model_pixel_mm(),
+            "frame": {"scaled_px": list(frame.scaled), "offset_px": list(frame.offset)},
+            "brain_window_offset_grey": round(pred.intensity_offset, 2),
+        },
+        "not_a_medical_device": True,
+    }
+    _write_report(out_dir, summary, brain, masks, pred, found, bundle, pdf)
+    outputs += ["report.html"] + (["report.pdf"] if pdf else [])
+    summary["outputs"] = sorted(outputs)
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _lesion_json(les: Any) -> dict[str, Any]:
+    d = les.to_dict()
+    keep = (
+        "label",
+        "n_voxels",
+        "largest_slice",
+        "volume_ml",
+        "abc2_ml",
+        "slices",
+        "centroid_mm",
+        "max_axial_area_mm2",
+        "subtype",
+        "subtype_probability",
+        "subtype_probabilities",
+        "abc2_a_mm",
+        "abc2_b_mm",
+        "abc2_c_mm",
+    )
+    return {k: d[k] for k in keep if k in d}
+
+
+def _write_report(
+    out_dir: Path,
+    summary: dict[str, Any],
+    brain: np.ndarray,
+    masks: np.ndarray,
+    pred: Any,
+    found: list,
+    bundle: Bundle,
+    pdf: bool,
+) -> None:
+    from ichseg.report.html import key_slice_indices, write_report_html
+
+    keys = key_slice_indices(found, pred.slice_probability)
+    key_slices = [(brain[k], masks[k], f"slice {k + 1}") for k in keys]
+    subtype = {h: float(p.max()) for h, p in pred.heads.items() if h not in ("hemorrhage", "fracture")}
+    cv = bundle.meta.get("calibration", {}).get("pooled")
+    info: dict[str, Any] = {"name": "ichseg", "version": _version(), "model": str(bundle.path)}
+    if cv:
+        info["cv_metrics"] = {
+            "slice recall": cv["slice"]["recall"],
+            "slice precision": cv["slice"]["precision"],
+            "Dice (global)": cv["pixel"]["dice_global"],
+            "scan sensitivity": cv["scan"]["sensitivity"],
+            "scan specificity": cv["scan"]["specificity"],
+        }
+    report = {**summary, "slice_threshold": bundle.pipeline.head_threshold}
+    write_report_html(
+        out_dir / "report.html",
+        summary=report,
+        key_slices=key_slices,
+        slice_probs=pred.slice_probability,
+        subtype_probs=subtype,
+        model_info=info,
+    )
+    if pdf:
+        from ichseg.report.pdf import write_report_pdf
+
+        write_report_pdf(out_dir / "report.html", out_dir / "report.pdf")
+
+
+def _version() -> str:
+    from ichseg import __version__
+
+    return __version__
+
+
+def detect_input(path: Path) -> str:
+    """What ``predict`` was given: "nifti" (a .nii/.nii.gz file), "dicom" (a folder whose
+    files are DICOM, in any sub-folder), or "images" (slice images or CT-ICH folders)."""
+    path = Path(path)
+    if path.is_file() and (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
+        return "nifti"
+    if path.is_dir() and not (path / "brain").is_dir():
+        from ichseg.infer.predict import IMAGE_EXTS
+
+        files = [f for f in path.rglob("*") if f.is_file()][:200]
+        if files and not any(f.suffix.lower() in IMAGE_EXTS for f in files if f.parent == path):
+            for f in files:
+                try:
+                    with open(f, "rb") as fh:
+                        head = fh.read(132)
+                except OSError:
+                    continue
+                if head[128:132] == b"DICM":
+                    return "dicom"
+    return "images"
