@@ -17,7 +17,7 @@ import numpy as np
 from ichseg.data.cache import read_grey_u8, resize_image_u8
 from ichseg.data.context import with_context
 from ichseg.data.ctich import MASK_SUFFIX, DatasetError
-from ichseg.infer.pipeline import Bundle, classify, masks_from_probs, segment
+from ichseg.infer.pipeline import Bundle
 from ichseg.io import atomic_write, atomic_write_png, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -111,41 +111,6 @@ def _write_overlay(path: Path, image_u8: np.ndarray, mask: np.ndarray) -> None:
     atomic_write_png(path, overlay_rgb(image_u8, mask))
 
 
-def _two_stage(
-    bundle: Bundle, slices: list[SliceInput], images: dict[Path, np.ndarray]
-) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
-    """The classifier-gated path: (masks of the slices the U-Net ran on, classifier
-    probabilities (N, heads), highest blood probability per slice)."""
-    cfg = bundle.pipeline
-    interp = bundle.preprocess.image_interpolation
-    keys = [("scan", i) for i in range(len(slices))]  # neighbours = adjacent files in natural order
-    ccfg, ucfg = bundle.classifier_config, bundle.unet_config
-    assert ccfg is not None
-    c_in = with_context(_model_input(slices, images, ccfg.windows, ccfg.input_size_px, interp), keys, ccfg.context_slices)
-    heads_prob = classify(bundle.classifier, c_in)
-    gated = np.flatnonzero(heads_prob[:, 0] >= cfg.classifier_threshold)
-    masks: dict[int, np.ndarray] = {}
-    pmax = np.zeros(len(slices), np.float32)
-    if len(gated):
-        if ucfg.context_slices:  # the gated slices and their neighbours, not the whole study
-            k = ucfg.context_slices
-            need = sorted({j for i in gated for j in range(i - k, i + k + 1) if 0 <= j < len(slices)})
-            part = _model_input([slices[j] for j in need], images, ucfg.windows, ucfg.input_size_px, interp)
-            u_in = with_context(part, [keys[j] for j in need], k)[[need.index(i) for i in gated]]
-        else:
-            u_in = _model_input([slices[i] for i in gated], images, ucfg.windows, ucfg.input_size_px, interp)
-        by_shape: dict[tuple[int, int], list[int]] = {}  # one batched call per source size
-        for k, i in enumerate(gated):
-            by_shape.setdefault(images[slices[i].brain].shape[:2], []).append(k)
-        for shape, ks in by_shape.items():
-            probs = segment(bundle.unet, u_in[ks], shape, tta_flip=cfg.tta_flip)
-            found = masks_from_probs(probs, cfg, shape[0] * shape[1] / cfg.eval_size_px**2)
-            for j, k in enumerate(ks):
-                masks[int(gated[k])] = found[j]
-                pmax[gated[k]] = probs[j].max()
-    return masks, heads_prob, pmax
-
-
 def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: bool = True) -> list[dict[str, Any]]:
     """Predict every slice under ``path``; writes ``masks/``, ``overlays/``,
     ``predictions.csv`` and ``predictions.json`` into ``out_dir``; returns the rows.
@@ -158,23 +123,17 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
     out_dir = Path(out_dir)
     cfg = bundle.pipeline
     images: dict[Path, np.ndarray] = {}
-    if bundle.classifier is None:  # one network: every slice segmented, verdicts fused with its heads
-        from ichseg.infer.study import predict_windows
+    from ichseg.infer.study import predict_windows
 
-        for s in slices:
-            for f in (s.brain, s.bone):
-                if f is not None and f not in images:
-                    images[f] = read_grey_u8(f)
-        bones = [images[s.bone] if s.bone else None for s in slices]
-        pred = predict_windows(bundle, [images[s.brain] for s in slices], bones)
-        masks = dict(enumerate(pred.masks))
-        heads_prob = np.stack([pred.heads[h] for h in bundle.heads], 1)
-        pmax, verdicts = pred.max_probability, pred.verdict
-        ensembled = pred.segmented
-    else:
-        masks, heads_prob, pmax = _two_stage(bundle, slices, images)
-        verdicts = np.array([bool(masks[i].any()) if i in masks else False for i in range(len(slices))])
-        ensembled = np.array([i in masks for i in range(len(slices))])
+    for s in slices:
+        for f in (s.brain, s.bone):
+            if f is not None and f not in images:
+                images[f] = read_grey_u8(f)
+    bones = [images[s.bone] if s.bone else None for s in slices]
+    pred = predict_windows(bundle, [images[s.brain] for s in slices], bones)
+    masks = dict(enumerate(pred.masks))
+    heads_prob = np.stack([pred.heads[h] for h in bundle.heads], 1)
+    pmax, verdicts, ensembled = pred.max_probability, pred.verdict, pred.segmented
     cls_prob = heads_prob[:, 0]
     rows: list[dict[str, Any]] = []
     # PNG encoding releases the GIL: two writer threads halve the time a study spends writing
