@@ -172,7 +172,7 @@ def test_cli_run_on_tiny_data(tiny_data: Path, tmp_path: Path) -> None:
 
 
 def test_cli_help_for_every_command(capsys: pytest.CaptureFixture) -> None:
-    for cmd in ("index", "train", "evaluate", "predict", "run"):
+    for cmd in ("index", "train", "evaluate", "predict", "run", "convert", "stress", "cv", "cv-table", "release", "bench"):
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
         assert e.value.code == 0

@@ -360,6 +360,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ichseg.io.convert import convert_main
+
+    print(f"-> {convert_main(Path(args.patient), args.to, Path(args.out))}")
+    return 0
+
+
 def cmd_stress(args: argparse.Namespace) -> int:
     from ichseg.evaluate.stress import markdown, run_stress
     from ichseg.io import atomic_write_text
@@ -630,6 +637,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-only", action="store_true", help="train the folds' networks, evaluate later")
     s.add_argument("--redo", action="store_true", help="evaluate folds whose JSON exists again (training is reused)")
     s.set_defaults(func=cmd_cv)
+
+    s = sub.add_parser(
+        "convert",
+        help="a CT-ICH patient folder (brain and bone JPGs) as a synthetic DICOM series or NIfTI volume in HU",
+        allow_abbrev=False,
+    )
+    s.add_argument("patient", type=Path, help="Patients_CT/<ID> (brain/ and bone/ JPGs; *_HGE_Seg.jpg masks become mask.nii.gz)")
+    s.add_argument("--to", choices=("dicom", "nifti"), required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser(
         "stress",
