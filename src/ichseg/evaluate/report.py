@@ -3,7 +3,6 @@ paper's numbers, per-slice CSV and figures. Pixel metrics are always at 512×512
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -32,7 +31,7 @@ from ichseg.infer.pipeline import (
     segment_with_heads,
 )
 from ichseg.infer.postprocess import fuse_verdict, resize_mask_nearest
-from ichseg.io import atomic_write, atomic_write_text
+from ichseg.io import atomic_write_csv, atomic_write_text
 from ichseg.models.weights import DATASET_CREDIT
 
 log = logging.getLogger(__name__)
@@ -344,13 +343,7 @@ def write_report(ev: Evaluation, out_dir: Path, title: str = "ichseg") -> None:
     )
     atomic_write_text(out_dir / "metrics.md", md)
 
-    def write_csv(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(ev.per_slice[0]) if ev.per_slice else ["patient_id"], lineterminator="\n")
-            w.writeheader()
-            w.writerows(ev.per_slice)
-
-    atomic_write(out_dir / "per_slice.csv", write_csv)
+    atomic_write_csv(out_dir / "per_slice.csv", ev.per_slice, None if ev.per_slice else ["patient_id"])
     plot_confusion({k: ev.metrics["slice"][k] for k in ("tp", "tn", "fp", "fn")}, out_dir / "confusion_matrix.png")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import re
@@ -18,7 +17,7 @@ from ichseg.data.cache import read_grey_u8, resize_image_u8
 from ichseg.data.context import with_context
 from ichseg.data.ctich import MASK_SUFFIX, DatasetError
 from ichseg.infer.pipeline import Bundle
-from ichseg.io import atomic_write, atomic_write_png, atomic_write_text
+from ichseg.io import atomic_write_csv, atomic_write_png, atomic_write_text
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -167,13 +166,7 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
     for f in pending:
         f.result()  # re-raise a failed write here, before the tables claim the study is done
 
-    def write_csv(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
-
-    atomic_write(out_dir / "predictions.csv", write_csv)
+    atomic_write_csv(out_dir / "predictions.csv", rows)
     summary = {
         "input": str(path),
         "slices": len(rows),

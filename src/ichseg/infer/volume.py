@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from ichseg.infer.pipeline import Bundle
-from ichseg.io import atomic_write, atomic_write_png, atomic_write_text
+from ichseg.io import atomic_write_csv, atomic_write_png, atomic_write_text
 from ichseg.io.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -127,15 +127,7 @@ def predict_volume(bundle: Bundle, volume: Volume, out_dir: Path, *, pdf: bool =
         for k in range(n)
     ]
 
-    def write_csv(tmp: Path) -> None:
-        import csv
-
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
-
-    atomic_write(out_dir / "predictions.csv", write_csv)
+    atomic_write_csv(out_dir / "predictions.csv", rows)
     write_mask_nifti(masks, volume, out_dir / "mask.nii.gz")
     outputs = ["mask.nii.gz", "predictions.csv", "masks/", "overlays/"]
     if dicom:

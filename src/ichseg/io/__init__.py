@@ -49,6 +49,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
+def atomic_write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
+    """Rows of dicts as a CSV (header from the first row unless given), written atomically."""
+    import csv
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fieldnames or (list(rows[0]) if rows else []), lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
+
+
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file, read in chunks."""
     h = hashlib.sha256()
