@@ -114,8 +114,11 @@ def _evaluate(
     progress: bool,
     image_size: int | None,
     train_examples: bool = False,
+    screen_threshold: str | None = None,
 ) -> dict:
     """Evaluate a bundle (optionally on one part of a split) and write report and figures.
+    ``screen_threshold`` ("none" or a number) overrides a fold ensemble's screening, to
+    measure what the cascade changes.
 
     Training time and hardware are added to the report when the bundle sits in a work
     folder made by ``train``/``run`` (``model_dir/../train``)."""
@@ -125,6 +128,9 @@ def _evaluate(
     from ichseg.infer.pipeline import load_bundle
 
     bundle = load_bundle(model_dir)
+    if screen_threshold is not None:
+        value = None if screen_threshold == "none" else float(screen_threshold)
+        bundle = dataclasses.replace(bundle, pipeline=dataclasses.replace(bundle.pipeline, screen_threshold=value))
     records = build_index(data, skip_bad=skip_bad, expected_size_px=image_size).records
     cache_root = cache or (out / "cache")
     sp = load_split(split) if split else None
@@ -198,6 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         image_size=args.image_size or None,
         train_examples=True,
+        screen_threshold=args.screen_threshold,
     )
     _print_metrics(m, out)
     return 0
@@ -567,6 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", type=Path, default=None, help="split.json: evaluate only its --part patients")
     s.add_argument("--part", choices=("train", "val"), default="val")
     s.add_argument("--cache", type=Path, default=None, help="preprocessing cache folder to reuse (default OUT/cache)")
+    s.add_argument(
+        "--screen-threshold",
+        default=None,
+        help="fold ensembles: override the screening threshold ('none': all members everywhere)",
+    )
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser(
