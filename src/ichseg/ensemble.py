@@ -21,6 +21,7 @@ from typing import Any
 
 from ichseg.config import RunConfig, from_dict, save_json, to_dict
 from ichseg.crossval import columns, rows_of, train_fold
+from ichseg.data.ctich import DATASET_CREDIT
 from ichseg.data.splits import select
 from ichseg.io import atomic_write_text
 
@@ -267,7 +268,13 @@ def assemble(
         members,
         ucfg,
         out_dir / "unet",
-        {"members_meta": metas, "git_commit": _commit(), "data_checksum": folds[0]["data_checksum"]},
+        {
+            "members_meta": metas,
+            "git_commit": _commit(),
+            "data_checksum": folds[0]["data_checksum"],
+            "train_config": meta.get("train_config"),
+            "dataset_credit": DATASET_CREDIT,
+        },
         fp16=fp16,
     )
     pipeline = dataclasses.replace(
