@@ -114,7 +114,16 @@ def summarize_members(cfg_dir: Path, policy: str | None = None) -> dict[str, Any
 
     from ichseg.crossval import _fold_values, _mean_sd
     from ichseg.evaluate.bootstrap import bootstrap_ci
-    from ichseg.evaluate.oof import DEFAULT_POLICY, POLICIES, bootstrap_rows, choose, grid, metrics_at, patient_costs
+    from ichseg.evaluate.oof import (
+        DEFAULT_POLICY,
+        POLICIES,
+        bootstrap_rows,
+        choose,
+        grid,
+        metrics_at,
+        patient_costs,
+        screen_threshold,
+    )
 
     policy = policy or DEFAULT_POLICY
     folds = load_member_folds(cfg_dir)
@@ -149,7 +158,12 @@ def summarize_members(cfg_dir: Path, policy: str | None = None) -> dict[str, Any
         "folds": len(folds),
         "of": folds[0]["folds"],
         "policy": policy,
-        "operating_point": {"mask_threshold": at[0], "min_area_px": at[1], "head_threshold": at[2]},
+        "operating_point": {
+            "mask_threshold": at[0],
+            "min_area_px": at[1],
+            "head_threshold": at[2],
+            "screen_threshold": screen_threshold(pooled),
+        },
         "pooled": {k: best[k] for k in ("slice", "scan", "pixel", "fp_px_per_normal_patient", "normal_patients")},
         "bootstrap": bootstrap_ci(bootstrap_rows(pooled, best)),
         "ablations": ablations,
@@ -191,7 +205,8 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"Operating point chosen on the pooled out-of-fold slices ({summary['slices']} slices, {summary['patients']} "
         f"patients) by policy `{summary['policy']}`: mask threshold {op['mask_threshold']}, minimum blob "
-        f"{op['min_area_px']} px at 512×512, head threshold {op['head_threshold']}.",
+        f"{op['min_area_px']} px at 512×512, head threshold {op['head_threshold']}; screening threshold "
+        f"{op['screen_threshold']} (the highest that sends ≥ 99.5% of out-of-fold slices with blood to the whole ensemble).",
         "",
         "| rule (same members, same folds) | folds | slice recall | slice precision | Dice (global) | IoU (global) | "
         "scan sensitivity | scan specificity |",
@@ -282,6 +297,7 @@ def assemble(
         mask_threshold=float(summary["operating_point"]["mask_threshold"]),
         min_area_px=int(summary["operating_point"]["min_area_px"]),
         head_threshold=summary["operating_point"]["head_threshold"],
+        screen_threshold=summary["operating_point"]["screen_threshold"],
         gate_sensitivity=None,
         tune_operating_point=False,
     )

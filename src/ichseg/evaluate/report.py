@@ -150,7 +150,7 @@ def evaluate_records(
         inside = None
         if inside_small is not None:
             inside = np.stack([resize_mask_nearest(m, (ev, ev)) for m in inside_small[sl]])
-        probs, head_p, _ = segment_bundle(bundle, unet_in[sl], ev, inside)
+        probs, head_p, _ = segment_bundle(bundle, unet_in[sl], ev)
         if single:
             assert head_p is not None
             heads_prob[sl] = head_p

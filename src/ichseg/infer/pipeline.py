@@ -217,23 +217,23 @@ def segment_with_heads(
 
 
 def segment_bundle(
-    bundle: Bundle, images_u8: np.ndarray, out_size_px: int | tuple[int, int], inside: np.ndarray | None = None
+    bundle: Bundle, images_u8: np.ndarray, out_size_px: int | tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """A bundle's U-Net on every slice: (probabilities (N, H, W) at ``out_size_px``, slice
     heads (N, K) or None, which slices the whole ensemble ran on (N,) bool).
 
     With a fold ensemble and ``pipeline.screen_threshold`` its first member screens every
-    slice, and the whole ensemble runs only where that member's blood probability (inside
-    ``inside`` (N, H, W), when given) or hemorrhage head reaches the threshold; elsewhere
-    the first member's output is kept. Without them, the U-Net runs on every slice."""
+    slice, and the whole ensemble runs only where that member's highest blood probability
+    or its hemorrhage head reaches the threshold (calibrated on out-of-fold slices, see
+    :func:`ichseg.evaluate.oof.screen_threshold`); elsewhere the first member's output is
+    kept. Without them, the U-Net runs on every slice."""
     cfg = bundle.pipeline
     n = len(images_u8)
     if bundle.screen is None or cfg.screen_threshold is None:
         probs, heads = segment_with_heads(bundle.unet, images_u8, out_size_px, tta_flip=cfg.tta_flip)
         return probs, heads, np.ones(n, bool)
     probs, heads = segment_with_heads(bundle.screen, images_u8, out_size_px, tta_flip=cfg.tta_flip)
-    seen = probs if inside is None else probs * inside
-    flag = seen.reshape(n, -1).max(1) >= cfg.screen_threshold if n else np.zeros(0, bool)
+    flag = probs.reshape(n, -1).max(1) >= cfg.screen_threshold if n else np.zeros(0, bool)
     if heads is not None:
         flag |= heads[:, 0] >= cfg.screen_threshold
     if flag.any():

@@ -101,7 +101,7 @@ def predict_windows(
         if ensembled.any():
             probs_small[ensembled] = segment_with_heads(bundle.unet, x[ensembled], size, tta_flip=pipe.tta_flip)[0]
     else:
-        probs_small, heads, ensembled = segment_bundle(bundle, x, size, inside_small)
+        probs_small, heads, ensembled = segment_bundle(bundle, x, size)
     masks, maxp = [], np.zeros(len(brain), np.float32)
     for i, src in enumerate(brain):
         shape = src.shape[:2]
