@@ -88,12 +88,13 @@ def stress_fold(
     fold: int,
     out_dir: Path,
     *,
+    thresholds: tuple[float, ...],
     expected_size_px: int | None = 650,
     skip_bad: bool = False,
 ) -> Path:
-    """One fold's member on its held-out patients under every condition, as per-slice
-    blob tables at every mask threshold (so the operating point can be chosen after all
-    folds are in): ``out_dir/fold<k>.json``. A fold already written is left as it is."""
+    """One fold's member on its held-out patients under every perturbation, as per-slice
+    blob tables at ``thresholds``: ``out_dir/fold<k>.json``. The unperturbed rows are the
+    fold's own (its CV JSON). A fold already written at the same thresholds is reused."""
     import json
 
     from ichseg.config import PreprocessConfig, from_dict
@@ -101,12 +102,12 @@ def stress_fold(
     from ichseg.data.ctich import build_index
     from ichseg.data.splits import select
     from ichseg.ensemble import member_dir
-    from ichseg.evaluate.oof import MASK_THRESHOLDS, member_rows
+    from ichseg.evaluate.oof import member_rows
     from ichseg.io import atomic_write_text
     from ichseg.models.weights import load_model
 
     out = Path(out_dir) / f"fold{fold}.json"
-    if out.exists():
+    if out.exists() and json.loads(out.read_text()).get("thresholds") == list(thresholds):
         return out
     body = json.loads((Path(cfg_dir) / f"fold{fold}.json").read_text())
     preprocess = from_dict(PreprocessConfig, body["config"]["preprocess"])
@@ -115,9 +116,9 @@ def stress_fold(
     held = select(records, body["val_patients"])
     unet, ucfg, _ = load_model(member_dir(work_root, Path(cfg_dir).name, fold) / "last")
     windows = tuple(ucfg.windows)
-    conditions: dict[str, dict[str, list]] = {}
-    for name, label, fn in CONDITIONS:
-        perturb = None if fn is None else (lambda stack, rng, fn=fn, w=windows: fn(stack, w, rng))
+    conditions: dict[str, dict[str, list]] = {"none|none": body["per_slice"]}
+    for name, label, fn in CONDITIONS[1:]:
+        perturb = lambda stack, rng, fn=fn, w=windows: fn(stack, w, rng)  # noqa: E731
         rows = member_rows(
             unet,
             ucfg,
@@ -125,14 +126,15 @@ def stress_fold(
             Path(work_root) / "cache",
             preprocess,
             ucfg.heads,
-            thresholds=MASK_THRESHOLDS,
+            thresholds=thresholds,
             perturb=perturb,
             without_intracranial=False,
             eval_px=eval_px,
         )
         conditions[f"{name}|{label}"] = columns(rows)
         log.info("stress: fold %d, %s %s done", fold, name, label)
-    atomic_write_text(out, json.dumps({"fold": fold, "conditions": conditions}, separators=(",", ":")) + "\n")
+    body_out = {"fold": fold, "thresholds": list(thresholds), "conditions": conditions}
+    atomic_write_text(out, json.dumps(body_out, separators=(",", ":")) + "\n")
     return out
 
 
@@ -161,15 +163,26 @@ def run_stress(
     from ichseg.workflow import hardware
 
     members = load_member_folds(cfg_dir)
-    for f in members:
-        if folds is None or f["fold"] in folds:
-            stress_fold(cfg_dir, work_root, data_dir, f["fold"], out_dir, expected_size_px=expected_size_px, skip_bad=skip_bad)
-    cached = sorted(Path(out_dir).glob("fold*.json"))
-    if len(members) < members[0]["folds"] or len(cached) < members[0]["folds"]:
-        return None
+    if len(members) < members[0]["folds"]:
+        return None  # the operating point needs every fold
     summary = summarize_members(cfg_dir, policy)
     op = summary["operating_point"]
     t, a, h = op["mask_threshold"], op["min_area_px"], op["head_threshold"]
+    for f in members:
+        if folds is None or f["fold"] in folds:
+            stress_fold(
+                cfg_dir,
+                work_root,
+                data_dir,
+                f["fold"],
+                out_dir,
+                thresholds=(t,),
+                expected_size_px=expected_size_px,
+                skip_bad=skip_bad,
+            )
+    cached = sorted(Path(out_dir).glob("fold*.json"))
+    if len(cached) < members[0]["folds"] or any(json.loads(c.read_text())["thresholds"] != [t] for c in cached):
+        return None
     pooled: dict[str, list[dict[str, Any]]] = {}
     for path in cached:
         for key, cols in json.loads(path.read_text())["conditions"].items():
