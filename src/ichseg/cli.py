@@ -454,14 +454,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
             train_fold(Path(args.data), Path(args.out), cfg, args.name, fold, args.folds, **common)
             print(f"fold {fold}: trained ({(time.perf_counter() - t0) / 60:.1f} min this call)")
             continue
-        if not cfg.cv_inner_validation:
-            from ichseg.ensemble import run_member_fold
-
-            path = run_member_fold(
-                Path(args.data), Path(args.out), cfg, args.name, fold, args.folds, Path(args.results), **common
-            )
-        else:
-            path = run_fold(Path(args.data), Path(args.out), cfg, args.name, fold, args.folds, Path(args.results), **common)
+        # (a configuration without inner validation runs as a fold-ensemble member)
+        path = run_fold(Path(args.data), Path(args.out), cfg, args.name, fold, args.folds, Path(args.results), **common)
         print(f"fold {fold} -> {path}")
     return 0
 

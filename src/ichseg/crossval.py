@@ -93,7 +93,14 @@ def run_fold(
     skip_bad: bool = False,
     expected_size_px: int | None = 650,
 ) -> Path:
-    """Train both stages on the other folds, evaluate on this one, write ``results_dir/name/fold<k>.json``."""
+    """Train both stages on the other folds, evaluate on this one, write ``results_dir/name/fold<k>.json``.
+    A configuration without inner validation is a fold-ensemble member
+    (:func:`ichseg.ensemble.run_member_fold`)."""
+    if not config.cv_inner_validation:
+        from ichseg.ensemble import run_member_fold
+
+        common = {"seed": seed, "progress": progress, "skip_bad": skip_bad, "expected_size_px": expected_size_px}
+        return run_member_fold(data_dir, work_root, config, name, fold, folds, results_dir, **common)
     from ichseg.evaluate.report import ensure_caches, evaluate_records
     from ichseg.infer.pipeline import load_bundle
 
