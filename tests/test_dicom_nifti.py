@@ -19,9 +19,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from ichseg.cli import main
 from ichseg.data.ctich import DatasetError
 from ichseg.data.windows import hu_to_windows
-from ichseg.io.convert import CT_ICH_PIXEL_SPACING_MM, convert_main, convert_patient, convert_patient_detailed, ctich_volume
+from ichseg.io.convert import CT_ICH_PIXEL_SPACING_MM, convert_patient, convert_patient_detailed, ctich_volume
 from ichseg.io.dicom import DicomError, read_dicom_series
 from ichseg.io.nifti import NiftiError, read_nifti, write_mask_nifti
 from ichseg.io.volume import FLIP_XY, Volume, lps_to_ras, ras_to_lps
@@ -444,9 +445,10 @@ def test_convert_synthetic_patient_round_trips(tiny_data: Path, tmp_path: Path, 
     ref, mask, brain_only = ctich_volume(patient)
     assert brain_only == [] and ref.spacing_mm == pytest.approx((5.0, CT_ICH_PIXEL_SPACING_MM, CT_ICH_PIXEL_SPACING_MM))
 
-    series = convert_main(patient, "dicom", tmp_path / "d")
+    assert main(["convert", str(patient), "--to", "dicom", "--out", str(tmp_path / "d")]) == 0
     printed = capsys.readouterr().out
-    assert series == tmp_path / "d" / "dicom" and "DICOM slices" in printed and "reconstructed from" in printed
+    series = tmp_path / "d" / "dicom"
+    assert "DICOM slices" in printed and "reconstructed from" in printed
     vol = read_dicom_series(series)
     np.testing.assert_array_equal(vol.hu, np.rint(ref.hu))
     np.testing.assert_allclose(vol.affine_ras, ref.affine_ras, atol=1e-4)

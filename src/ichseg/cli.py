@@ -368,9 +368,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ichseg.io.convert import convert_main
+    from ichseg.io.convert import convert_patient_detailed, summary_lines
 
-    print(f"-> {convert_main(Path(args.patient), args.to, Path(args.out))}")
+    result = convert_patient_detailed(Path(args.patient), args.to, Path(args.out))
+    print("\n".join(summary_lines(result)))
     return 0
 
 

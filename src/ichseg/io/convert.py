@@ -348,29 +348,25 @@ def convert_patient(
     return convert_patient_detailed(patient_dir, to, out_dir, pixel_spacing_mm, slice_thickness_mm).image
 
 
-def convert_main(patient_dir: Path | str, to: str, out_dir: Path | str) -> Path:
-    """``ichseg convert PATIENT_DIR --to dicom|nifti --out DIR``: convert and print a summary.
+def summary_lines(r: ConversionResult) -> list[str]:
+    """What ``ichseg convert`` prints about a conversion, e.g.::
 
-    Prints, for example::
-
-        049 → out/dicom: 34 DICOM slices, 650×650, 0.35 × 0.35 × 5 mm (series 1.2.826.0.1.3680043.8.498.…)
-        mask → out/mask.nii.gz: 9 slices with blood, 15,640 voxels (9.6 mL)
-        note: HU reconstructed from CT-ICH 8-bit windowed JPGs (brain C40/W120, bone C700/W3200, estimated): not scanner HU
-
-    and returns the series folder (DICOM) or ``ct.nii.gz`` (NIfTI), the path to give
-    ``read_dicom_series`` / ``read_nifti``."""
-    r = convert_patient_detailed(patient_dir, to, out_dir)  # type: ignore[arg-type]
+    049 → out/dicom: 34 DICOM slices, 650×650, 0.35 × 0.35 × 5 mm (series 1.2.826.0.1.3680043.8.498.…)
+    mask → out/mask.nii.gz: 9 slices with blood, 15,640 voxels (9.6 mL)
+    note: HU reconstructed from CT-ICH 8-bit windowed JPGs (brain C40/W120, bone C700/W3200, estimated): not scanner HU
+    """
     n, h, w = r.shape
     s = r.spacing_mm
     kind = "DICOM slices" if r.to == "dicom" else "slices in NIfTI"
     series = f" (series {r.series_uid})" if r.series_uid else ""
     ml = r.mask_voxels * s[0] * s[1] * s[2] / 1000.0
-    print(f"{r.patient_id} → {r.image}: {n} {kind}, {h}×{w}, {s[2]:g} × {s[1]:g} × {s[0]:g} mm{series}")
-    print(f"mask → {r.mask}: {r.mask_slices} slices with blood, {r.mask_voxels:,} voxels ({ml:.1f} mL)")
+    lines = [
+        f"{r.patient_id} → {r.image}: {n} {kind}, {h}×{w}, {s[2]:g} × {s[1]:g} × {s[0]:g} mm{series}",
+        f"mask → {r.mask}: {r.mask_slices} slices with blood, {r.mask_voxels:,} voxels ({ml:.1f} mL)",
+    ]
     if r.brain_only_slices:
-        print(f"warning: slices {r.brain_only_slices} had no bone window; their HU come from the brain window alone")
-    print(f"note: {hu_note()}")
-    return r.image
+        lines.append(f"warning: slices {r.brain_only_slices} had no bone window; their HU come from the brain window alone")
+    return [*lines, f"note: {hu_note()}"]
 
 
 ADULT_SKULL_MM = {"length": 180.0, "breadth": 141.0}
@@ -423,11 +419,11 @@ __all__ = [
     "CT_ICH_PIXEL_SPACING_MM",
     "SLICE_THICKNESS_MM",
     "ConversionResult",
-    "convert_main",
     "convert_patient",
     "convert_patient_detailed",
     "ctich_volume",
     "estimate_pixel_spacing",
     "hu_note",
+    "summary_lines",
     "write_ct_series",
 ]
