@@ -51,7 +51,8 @@ def test_shipped_model_is_deterministic(bundle) -> None:
     assert np.array_equal(segment(bundle.unet, x_u, 64, tta_flip=tta), segment(bundle.unet, x_u, 64, tta_flip=tta))
     # a fold ensemble loads as one network over all its members, each credited
     if bundle.members > 1:
-        assert len(bundle.meta["unet"]["members_meta"]) == bundle.members and bundle.screen is not None
+        assert len(bundle.meta["unet"]["members_meta"]) == bundle.members
+        assert (bundle.screen is not None) == (bundle.pipeline.screen_threshold is not None)
 
 
 def test_shipped_model_finds_an_obvious_bleed(tmp_path: Path) -> None:

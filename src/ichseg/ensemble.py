@@ -206,7 +206,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"Operating point chosen on the pooled out-of-fold slices ({summary['slices']} slices, {summary['patients']} "
         f"patients) by policy `{summary['policy']}`: mask threshold {op['mask_threshold']}, minimum blob "
         f"{op['min_area_px']} px at 512×512, head threshold {op['head_threshold']}; screening threshold "
-        f"{op['screen_threshold']} (the highest that sends ≥ 99.5% of out-of-fold slices with blood to the whole ensemble).",
+        f"{op['screen_threshold']} (the highest that sends ≥ 99.5% of out-of-fold slices with blood to the whole ensemble; "
+        "None: no threshold does, every member runs on every slice).",
         "",
         "| rule (same members, same folds) | folds | slice recall | slice precision | Dice (global) | IoU (global) | "
         "scan sensitivity | scan specificity |",

@@ -219,15 +219,16 @@ def operating_point(point: dict[str, Any], base: PipelineConfig) -> PipelineConf
 SCREEN_THRESHOLDS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
 
 
-def screen_threshold(rows: Sequence[dict[str, Any]], sensitivity: float = 0.995) -> float:
+def screen_threshold(rows: Sequence[dict[str, Any]], sensitivity: float = 0.995) -> float | None:
     """The highest screening threshold that still sends at least ``sensitivity`` of the
     slices with blood to the whole ensemble: a slice is sent when one member's highest
     blood probability or its hemorrhage head reaches the threshold, measured on members'
-    out-of-fold slices. The lowest grid value when none reaches it."""
+    out-of-fold slices. None (no screening: every member on every slice) when no
+    threshold of the grid reaches it."""
     pos = [r for r in rows if r["hemorrhage"]]
     if not pos:
-        return SCREEN_THRESHOLDS[0]
-    best = SCREEN_THRESHOLDS[0]
+        return None
+    best = None
     for t in SCREEN_THRESHOLDS:
         sent = sum(1 for r in pos if r["max_probability"] >= t or r["heads"].get("hemorrhage", 0.0) >= t)
         if sent >= sensitivity * len(pos):

@@ -105,6 +105,7 @@ def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = N
         if not (model_dir / name).exists():
             raise FileNotFoundError(f"{model_dir / name}: missing from the model bundle")
     runtime = resolve_runtime(model_dir, runtime)
+    screening = load_json(model_dir / "pipeline.json")["pipeline"].get("screen_threshold") is not None
     classifier: Network | None = None
     screen: Network | None = None
     ccfg: Any = None
@@ -117,7 +118,7 @@ def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = N
             classifier = network(model_dir / "classifier.onnx", threads)
         ucfg, umeta = load_model_config(model_dir / "unet")
         unet = network(model_dir / unet_graph, threads)
-        if (model_dir / SCREEN_GRAPH).exists() and runtime != "onnx-int8":
+        if screening and (model_dir / SCREEN_GRAPH).exists() and runtime != "onnx-int8":
             screen = network(model_dir / SCREEN_GRAPH, threads)
     else:
         from ichseg.models.weights import load_model
@@ -127,7 +128,7 @@ def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = N
             classifier = TorchNetwork(c_module, threads)
         u_module, ucfg, umeta = load_model(model_dir / "unet")
         unet = TorchNetwork(u_module, threads)
-        if hasattr(u_module, "members"):
+        if screening and hasattr(u_module, "members"):
             screen = TorchNetwork(u_module.members[0], threads)
     body = load_json(model_dir / "pipeline.json")
     assert isinstance(ucfg, UNetConfig) and (ccfg is None or isinstance(ccfg, ClassifierConfig))
