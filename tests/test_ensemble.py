@@ -223,15 +223,14 @@ def test_fold_ensemble_cv_resume_assemble_predict_evaluate_stress(
 
     # the screening cascade: threshold 0 runs every member everywhere, above 1 only the first
     from ichseg.infer.pipeline import segment_bundle
+    from ichseg.infer.runtimes import TorchNetwork
 
-    full, _, ran = segment_bundle(
-        dataclasses.replace(bundle, pipeline=dataclasses.replace(bundle.pipeline, screen_threshold=0.0)), x, 32
-    )
-    assert ran.all() and np.allclose(full, p_ens)
-    first, _, ran = segment_bundle(
-        dataclasses.replace(bundle, pipeline=dataclasses.replace(bundle.pipeline, screen_threshold=1.01)), x, 32
-    )
-    assert not ran.any() and np.allclose(first, outs[0][0], atol=2e-3)
+    screened = dataclasses.replace(bundle, screen=TorchNetwork(load_model(dest / "unet")[0].members[0]))
+    for t, all_ran in ((0.0, True), (1.01, False)):
+        b = dataclasses.replace(screened, pipeline=dataclasses.replace(bundle.pipeline, screen_threshold=t))
+        probs, _, ran = segment_bundle(b, x, 32)
+        assert ran.all() if all_ran else not ran.any()
+        assert np.allclose(probs, p_ens if all_ran else outs[0][0], atol=2e-3)
 
     # predict: deterministic, verdicts from mask or head
     patient = sorted((tiny_data / "Patients_CT").iterdir())[0]
