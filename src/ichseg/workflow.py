@@ -274,30 +274,15 @@ def training_summary(work_dir: Path) -> dict[str, dict[str, object]]:
                 "best_val_score": round(float(st["best_score"]), 4),
                 "val_score": "Dice" if which == "unet" else "ROC AUC",
                 "stopped_early": bool(st.get("stopped_early", False)),
+                "steps_by_precision": st.get("steps_by_precision", {}),
             }
     return out
 
 
 def hardware() -> dict[str, object]:
-    """What the numbers were measured on."""
-    import os
-    import platform
-
+    """What the numbers were measured on (CPU model and kind, threads, versions)."""
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "gpu": torch.cuda.is_available(),
-    }
+    from ichseg.hardware import describe
+
+    return {**describe(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "gpu": torch.cuda.is_available()}

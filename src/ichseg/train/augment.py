@@ -18,6 +18,7 @@ from monai.transforms import (
 )
 
 from ichseg.config import TrainConfig
+from ichseg.train.scanner_aug import RandScannerd
 
 
 def build_augmenter(config: TrainConfig) -> Compose | None:
@@ -29,7 +30,8 @@ def build_augmenter(config: TrainConfig) -> Compose | None:
     not new to the network: brightness ±0.1 (±25 grey levels), contrast ×0.75–1.25 about
     the mean, gamma 0.7–1.5, Gaussian noise σ ≤ 0.03, Gaussian blur σ 0.5–1.0 px, and
     simulated low resolution (down to half, then back up), each with its own probability,
-    the result clipped to [0, 1] as an 8-bit window would be."""
+    the result clipped to [0, 1] as an 8-bit window would be. ``scanner`` adds the scanner
+    look (:mod:`ichseg.train.scanner_aug`: JPEG, sharp kernels, thin-slice noise)."""
     transforms = []
     if config.affine:
         transforms.append(
@@ -43,6 +45,8 @@ def build_augmenter(config: TrainConfig) -> Compose | None:
                 padding_mode="zeros",
             )
         )
+    if config.scanner and not config.strong_intensity:
+        raise ValueError("scanner augmentation comes with strong_intensity (set both)")
     if config.strong_intensity:
         transforms += [
             RandShiftIntensityd(keys="image", offsets=0.1, prob=0.3),
@@ -51,6 +55,7 @@ def build_augmenter(config: TrainConfig) -> Compose | None:
             RandGaussianNoised(keys="image", std=0.03, prob=0.2),
             RandGaussianSmoothd(keys="image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), prob=0.2),
             RandSimulateLowResolutiond(keys="image", zoom_range=(0.5, 1.0), upsample_mode="bilinear", prob=0.2),
+            *([RandScannerd(keys="image")] if config.scanner else []),
             ScaleIntensityRanged(keys="image", a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
         ]
     elif config.intensity:

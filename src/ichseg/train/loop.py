@@ -7,6 +7,7 @@ arrays, which for CT-ICH at CPU resolutions fit easily in RAM and avoid loader o
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -21,6 +22,7 @@ from monai.metrics import compute_roc_auc
 from torch import nn
 
 from ichseg.config import ClassifierConfig, TrainConfig, UNetConfig, to_dict
+from ichseg.hardware import describe, resolve_precision
 from ichseg.io import atomic_write
 from ichseg.models import build_model, count_parameters
 from ichseg.models.weights import DATASET_CREDIT, save_model
@@ -133,6 +135,25 @@ def resolve_device(name: str) -> torch.device:
     raise ValueError(f"unknown device {name!r} (cpu, cuda or auto)")
 
 
+def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` for ``precision == "bf16"``, else a no-op. Convolutions
+    and matrix products run in bf16; the loss, the optimizer state and the weights stay
+    float32 (autocast keeps reductions and losses in float32)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def training_precision(config: TrainConfig, device: torch.device) -> tuple[str, str]:
+    """The precision the training steps run at, and why (GPUs: bf16 when asked and
+    supported; CPUs: :func:`ichseg.hardware.resolve_precision`)."""
+    if device.type == "cuda":
+        if config.precision in ("bf16", "auto") and torch.cuda.is_bf16_supported():
+            return "bf16", "GPU with bf16"
+        return "fp32", "float32 on the GPU"
+    return resolve_precision(config.precision, "torch")
+
+
 @torch.no_grad()
 def validate(
     model: nn.Module,
@@ -142,6 +163,7 @@ def validate(
     channels_last: bool,
     batch: int = 16,
     device: torch.device | None = None,
+    precision: str = "fp32",
 ) -> tuple[float, float]:
     """(mean loss, score): global Dice for the U-Net, ROC AUC for the classifier; both NaN
     with no validation slices (fixed-length training on every patient)."""
@@ -151,7 +173,9 @@ def validate(
     losses, sums, scores = [], np.zeros(3), []
     for i in range(0, len(data.images), batch):
         x = to_tensor(data.images[i : i + batch], channels_last).to(device or "cpu")
-        out = model(x)
+        with autocast_for(precision, x.device):
+            out = model(x)
+        out = tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
         if segmenter:
             y = torch.from_numpy(data.masks[i : i + batch]).unsqueeze(1).float().to(x.device)
             sums += dice_sums(seg_logits(out), y)
@@ -208,7 +232,14 @@ def train_model(
     aug = build_augmenter(config)
     n_samples = config.samples_per_epoch or len(train.images)
     steps_per_epoch = -(-n_samples // config.batch_size)
-    meta = {**(meta or {}), "train_config": to_dict(config), "dataset_credit": DATASET_CREDIT}
+    precision, why = training_precision(config, device)
+    log.info("training at %s (%s)", precision, why)
+    meta = {
+        **(meta or {}),
+        "train_config": to_dict(config),
+        "dataset_credit": DATASET_CREDIT,
+        "train_hardware": describe(precision, why),
+    }
 
     state: dict[str, Any] = {
         "epoch": 0,
@@ -272,7 +303,9 @@ def train_model(
                 x, y, idx = x[share], y[share], idx[share]
                 yh = yh[share] if yh is not None else None
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            out = model(x)
+            with autocast_for(precision, device):
+                out = model(x)
+            out = tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
             loss = loss_fn(out, (y, yh.to(device)) if heads else y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -291,6 +324,9 @@ def train_model(
             running = (2 * rs[2] / rs[3] if segmenter else rs[2] / rs[3]) if rs[3] else 1.0
             state["step_in_epoch"] = step + 1
             state["global_step"] += 1
+            # a fold resumed on another kind of CPU may change precision: count both
+            steps_at = state.setdefault("steps_by_precision", {})
+            steps_at[precision] = steps_at.get(precision, 0) + 1
             if bar is not None:
                 bar.set_postfix(loss=f"{rs[0] / rs[1]:.4f}", **{"dice" if segmenter else "acc": f"{running:.3f}"})
                 bar.update(1)
@@ -313,7 +349,9 @@ def train_model(
         rs = state["run_sums"]
         # process 0 validates and tells the others, so all take the same early-stopping path
         val_loss, val_score = _broadcast(
-            validate(core, val, segmenter, loss_fn, config.channels_last, device=device) if rank == 0 else (0.0, 0.0),
+            validate(core, val, segmenter, loss_fn, config.channels_last, device=device, precision=precision)
+            if rank == 0
+            else (0.0, 0.0),
             world,
             device,
         )
