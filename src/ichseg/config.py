@@ -386,7 +386,20 @@ def preset(name: str) -> RunConfig:
     raise ValueError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
 
 
-PRESETS = ("paper", "paper-cpu", "cpu", "fast", "fast-ctx", "hires", "hires-long", "hires-xl", "robust", "robust-crop", "robust-384", "demo")
+PRESETS = (
+    "paper",
+    "paper-cpu",
+    "cpu",
+    "fast",
+    "fast-ctx",
+    "hires",
+    "hires-long",
+    "hires-xl",
+    "robust",
+    "robust-crop",
+    "robust-384",
+    "demo",
+)
 
 
 def model_stem(path_stem: Path) -> Path:
