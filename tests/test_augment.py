@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ichseg.config import TrainConfig
 from ichseg.train.augment import augment_batch, build_augmenter
@@ -82,3 +83,37 @@ def test_training_device_is_resolved_or_refused() -> None:
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--preset", "fast", "--device", "auto"])
     cfg = _config(args, "cpu")
     assert cfg.train_unet.device == cfg.train_classifier.device == "auto"
+
+
+def _lag1_correlation(field: np.ndarray) -> float:
+    f = field - field.mean()
+    return float((f[:, 1:] * f[:, :-1]).mean() / f.var())
+
+
+def test_scanner_looks_do_what_their_names_say() -> None:
+    from ichseg.data.scanner import correlated_noise_float, jpeg_float, sharpen_float
+
+    rng = np.random.default_rng(0)
+    flat = np.full((1, 64, 64), 0.5, np.float32)
+    grain = correlated_noise_float(flat, 0.04, 1.2, rng)[0] - 0.5
+    assert abs(grain.std() - 0.04) < 0.005
+    assert _lag1_correlation(grain) > 0.5  # thin-slice grain is correlated, unlike white noise
+    assert abs(_lag1_correlation(rng.standard_normal((64, 64)))) < 0.1
+    edge = np.zeros((1, 64, 64), np.float32)
+    edge[:, :, 32:] = 0.6
+    sharp = sharpen_float(edge, 1.0)
+    assert sharp[0, 10, 33] > 0.6 and sharp[0, 10, 30] == 0.0  # overshoot on the bright side, clipped below
+    assert np.array_equal(sharp[0, :, :20], edge[0, :, :20])  # flat regions untouched
+    blocks = jpeg_float(np.random.default_rng(1).random((2, 64, 64)).astype(np.float32), 20)
+    assert blocks.shape == (2, 64, 64) and 0.05 < np.abs(blocks - 0.5).mean() < 0.3  # lossy, same range
+
+
+def test_scanner_augmentation_is_seeded_and_leaves_the_mask() -> None:
+    aug = build_augmenter(TrainConfig(intensity=True, strong_intensity=True, scanner=True))
+    images, masks = _batch()
+    a_i, a_m = augment_batch(aug, images, masks, [5, 0, 1])
+    b_i, _ = augment_batch(aug, images, masks, [5, 0, 1])
+    assert np.array_equal(a_i, b_i) and np.array_equal(a_m, masks)
+    assert 0.0 <= a_i.min() and a_i.max() <= 1.0
+    with pytest.raises(ValueError, match="strong_intensity"):
+        build_augmenter(TrainConfig(scanner=True))

@@ -264,7 +264,19 @@ def test_fold_ensemble_cv_resume_assemble_predict_evaluate_stress(
     assert (work / "stress" / "ens" / "fold0.json").exists() and not stress.exists()  # one fold: no table yet
     assert main([*stress_args, "--out", str(stress), "--image-size", str(SMALL_PX)]) == 0
     s = json.loads(stress.read_text())
-    assert len(s["table"]) == 11 and s["table"][0]["perturbation"] == "none"
+    from ichseg.evaluate.stress import CONDITIONS
+
+    assert len(s["table"]) == len(CONDITIONS) == 17 and s["table"][0]["perturbation"] == "none"
+    assert {"jpeg", "sharp kernel", "thin-slice noise"} <= {r["perturbation"] for r in s["table"]}
+    # a condition added after a fold was cached is computed; the others are reused as they are
+    cache = work / "stress" / "ens" / "fold0.json"
+    body = json.loads(cache.read_text())
+    kept = body["conditions"].pop("jpeg|quality 20")
+    cache.write_text(json.dumps(body))
+    assert main([*stress_args, "--out", str(stress), "--image-size", str(SMALL_PX)]) == 0
+    again = json.loads(cache.read_text())["conditions"]
+    assert again["jpeg|quality 20"] == kept and again["blur|σ 2 px"] == body["conditions"]["blur|σ 2 px"]
+    assert json.loads(stress.read_text())["table"] == s["table"]
     assert {r["strength"] for r in s["table"]} == {"none", "mild", "strong"}
     for r in s["table"]:
         for k in ("dice", "recall", "precision", "fp_px_per_normal_patient"):

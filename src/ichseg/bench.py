@@ -26,7 +26,9 @@ import numpy as np
 from ichseg.infer.runtimes import GRAPH_RUNTIMES, runtime_available
 
 log = logging.getLogger(__name__)
-PATHS = ("baseline", "torch", *GRAPH_RUNTIMES)
+# every runtime at float32; "<runtime>-bf16" the same at bf16 (on CPUs that run it)
+BF16_PATHS = ("torch-bf16", "openvino-bf16")
+PATHS = ("baseline", "torch", *GRAPH_RUNTIMES, *BF16_PATHS)
 TARGETS = {"median_s": 2.0, "speedup_vs_baseline": 25.0, "cold_start_s": 2.0, "peak_rss_mb": 1024.0, "mask_dice": 0.995}
 #: `ichseg predict STUDY` as a whole process (interpreter start, imports, model load,
 #: prediction, outputs written), per study label: the accuracy issue's speed rule.
@@ -101,9 +103,26 @@ def pick_calibration(data_dir: Path | None, studies: dict[str, Path], n: int = 4
     return [folders[i] for i in np.unique(np.linspace(0, len(folders) - 1, min(n, len(folders))).round().astype(int))]
 
 
+def split_path(path: str) -> tuple[str, str]:
+    """A bench path as (runtime, precision): "openvino-bf16" → ("openvino", "bf16")."""
+    if path.endswith("-bf16"):
+        return path[: -len("-bf16")], "bf16"
+    return path, "fp32"
+
+
 def available_paths() -> tuple[str, ...]:
-    """The baseline, PyTorch, and each graph runtime that is installed here."""
-    return tuple(p for p in PATHS if p in ("baseline", "torch") or runtime_available(p))
+    """The baseline, PyTorch, each graph runtime that is installed here, and the bf16 paths
+    where the CPU advertises bf16 (the worker still probes it before trusting it)."""
+    from ichseg.hardware import advertises_bf16
+
+    out = []
+    for p in PATHS:
+        runtime, precision = split_path(p)
+        if precision == "bf16" and not advertises_bf16():
+            continue
+        if runtime in ("baseline", "torch") or runtime_available(runtime):
+            out.append(p)
+    return tuple(out)
 
 
 def flops_per_slice(model, in_channels: int, size_px: int) -> float:
@@ -164,7 +183,8 @@ def worker(
         from ichseg.infer.predict import predict_path
         from ichseg.release import default_model_dir
 
-        bundle = load_bundle(model_dir or default_model_dir(), runtime=path, threads=threads)
+        runtime, precision = split_path(path)
+        bundle = load_bundle(model_dir or default_model_dir(), runtime=runtime, threads=threads, precision=precision)
         run = lambda study, o: predict_path(bundle, study, o, write_overlays=True)  # noqa: E731
         forward = bundle.unet
         u = bundle.unet_config
@@ -203,6 +223,7 @@ def worker(
         "segmenter_forward_s_per_slice": statistics.median(calls) / shape[0],
         "peak_rss_mb": peak_rss_mb(),
         "torch_imported": "torch" in sys.modules,
+        "precision": "fp32" if path == "baseline" else bundle.meta["precision"],
         "studies": per_study,
     }
 
@@ -253,7 +274,7 @@ def run_bench(
     paths = paths or available_paths()
     model_dir = Path(model_dir) if model_dir else default_model_dir()
     graph_dir = model_dir
-    need_fp32 = any(p in ("onnx", "openvino", "onnx-int8") for p in paths) and not onnx_is_current(model_dir)
+    need_fp32 = any(split_path(p)[0] in ("onnx", "openvino", "onnx-int8") for p in paths) and not onnx_is_current(model_dir)
     need_int8 = "onnx-int8" in paths and not onnx_is_current(model_dir, "onnx-int8")
     if need_fp32 or need_int8:
         import shutil
@@ -273,7 +294,7 @@ def run_bench(
             cmd += [arg for label, study in studies.items() for arg in ("--study", f"{label}={study}")]
             cmd += ["--repeats", str(baseline_repeats if path == "baseline" else repeats)]
             if path != "baseline":
-                cmd += ["--model", str(model_dir if path == "torch" else graph_dir)]
+                cmd += ["--model", str(model_dir if split_path(path)[0] == "torch" else graph_dir)]
             if threads:
                 cmd += ["--threads", str(threads)]
             log.info("bench: %s, round %d", path, k + 1)
@@ -300,11 +321,15 @@ def run_bench(
                 st["agreement_vs_torch"] = agreement(
                     out_dir / "torch" / "round0" / label / "run0", out_dir / path / "round0" / label / "run0"
                 )
-    default = resolve_runtime(graph_dir, "auto")
+    from ichseg.infer.pipeline import bundle_precision
+
+    runtime = resolve_runtime(graph_dir, "auto")
+    # what `predict` runs by default: the auto runtime, at bf16 where validated and usable
+    default = runtime + ("-bf16" if bundle_precision(graph_dir, runtime, "auto")[0] == "bf16" else "")
     report = {"studies": {k: str(v) for k, v in studies.items()}, "default_runtime": default, "results": results}
     if default in results:
         for label, study in studies.items():
-            times = whole_process_seconds(study, graph_dir, default, Path(out_dir) / "whole-process" / label, max(rounds, 3))
+            times = whole_process_seconds(study, graph_dir, runtime, Path(out_dir) / "whole-process" / label, max(rounds, 3))
             results[default]["studies"][label]["whole_process_s"] = statistics.median(times)
             results[default]["studies"][label]["whole_process_s_all"] = times
         report["targets"] = check_targets(results[default])

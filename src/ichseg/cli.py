@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -232,7 +233,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_volume(args, kind)
     if is_batch_root(args.path):
         return _predict_batch(args)
-    bundle = load_bundle(_model_dir(args), runtime=args.runtime)
+    bundle = load_bundle(_model_dir(args), runtime=args.runtime, precision=args.precision)
     t0 = time.perf_counter()
     rows = predict_path(bundle, Path(args.path), Path(args.out), write_overlays=not args.no_overlays)
     pos = [r["slice"] for r in rows if r["hemorrhage"]]
@@ -255,7 +256,7 @@ def _predict_volume(args: argparse.Namespace, kind: str) -> int:
         from ichseg.io.nifti import read_nifti
 
         volume = read_nifti(Path(args.path))
-    bundle = load_bundle(_model_dir(args), runtime=args.runtime)
+    bundle = load_bundle(_model_dir(args), runtime=args.runtime, precision=args.precision)
     s = predict_volume(bundle, volume, Path(args.out), pdf=args.pdf)
     verdict = "HEMORRHAGE" if s["hemorrhage"] else "no hemorrhage"
     print(
@@ -294,6 +295,7 @@ def _predict_batch(args: argparse.Namespace) -> int:
         _model_dir(args),
         workers=args.workers,
         runtime=args.runtime,
+        precision=args.precision,
         overlays=not args.no_overlays,
         on_result=on_result,
     )
@@ -338,6 +340,31 @@ def _bench_paths(text: str) -> tuple[str, ...]:
     if unknown or not paths:
         raise argparse.ArgumentTypeError(f"unknown path(s) {unknown}; choose from {', '.join(known)}")
     return paths
+
+
+def cmd_check_precision(args: argparse.Namespace) -> int:
+    """Run the bundle at float32 and bf16 on real studies; with --record, allow bf16 for
+    ``predict --precision auto`` when they agree (ichseg.evaluate.precision)."""
+    from ichseg.evaluate.precision import compare_precisions, spread_patients, write_record
+
+    studies = [Path(p) for p in args.study] if args.study else spread_patients(Path(args.data), args.patients)
+    if not studies:
+        raise SystemExit("check-precision needs --data or --study")
+    model_dir = _model_dir(args)
+    r = compare_precisions(model_dir, studies, runtime=args.runtime, repeats=args.repeats)
+    if args.out:
+        from ichseg.io import atomic_write_text
+
+        atomic_write_text(Path(args.out), json.dumps(r, indent=1) + "\n")
+    for name, row in r["studies"].items():
+        print(
+            f"{name}: Dice {row['dice']:.4f} over {row['slices']} slices, {len(row['verdict_differs'])} verdict(s) differ, "
+            f"fp32 {row['fp32_s']:.2f} s, bf16 {row['bf16_s']:.2f} s"
+        )
+    if args.record:
+        print(f"recorded -> {write_record(model_dir, r)}")
+    print(f"bf16 on {r['runtime']}: {'PASSED' if r['passed'] else 'NOT passed'}: {r['reason']}")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -530,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ichseg", description="Intracranial hemorrhage detection and segmentation on head CT.", allow_abbrev=False
     )
     p.add_argument("--version", action="version", version=f"ichseg {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, third-party libraries' too")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser, data_required: bool = True) -> None:
@@ -604,6 +632,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="inference back end; auto: the first installed graph runtime with current ONNX graphs "
         "(OpenVINO, then ONNX Runtime), else PyTorch",
     )
+    s.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 where the CPU runs it (probed once in a child process) and the bundle's bf16 agreement "
+        "check passed, else float32",
+    )
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("bench", help="time a study end to end: the paper's U-Net vs the shipped pipeline", allow_abbrev=False)
@@ -621,6 +656,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated subset of baseline,torch,onnx,openvino,onnx-int8 (default: all installed)",
     )
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser(
+        "check-precision", help="do bf16 masks agree with float32 on real studies? (--record lets predict use bf16)"
+    )
+    s.add_argument("--data", type=Path, default=None, help="CT-ICH folder: --patients studies spread over its IDs")
+    s.add_argument("--patients", type=int, default=5, help="how many studies to take from --data")
+    s.add_argument("--study", action="append", default=None, help="a study folder (repeatable; instead of --data)")
+    s.add_argument("--model", type=Path, default=None, help="model bundle (default: the shipped model)")
+    s.add_argument("--runtime", choices=("torch", "openvino"), default="openvino")
+    s.add_argument("--repeats", type=int, default=1, help="timed runs per study and precision (after one warm-up)")
+    s.add_argument("--out", type=Path, default=None, help="write the full result (per study) as JSON here")
+    s.add_argument("--record", action="store_true", help="write precision.json into the bundle")
+    s.set_defaults(func=cmd_check_precision)
 
     s = sub.add_parser("export", help="export a model bundle's networks for another runtime", allow_abbrev=False)
     s.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
@@ -725,6 +773,15 @@ def _init_distributed(args: argparse.Namespace) -> None:
 TORCH_COMMANDS = ("train", "evaluate", "cv", "release", "run", "export")
 
 
+def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """ichseg's own progress at INFO (DEBUG with -v, WARNING with -q); every other library
+    (highdicom, WeasyPrint, fontTools, OpenVINO, ...) at WARNING unless -v, so the answer is
+    not buried under their chatter and stays the last thing printed."""
+    own = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ichseg").setLevel(own)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in TORCH_COMMANDS:  # predict and bench load PyTorch only if their runtime needs it
@@ -734,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         # the setting): late in training, denormal gradients make backward passes ~5× slower.
         torch.set_flush_denormal(True)
     _init_distributed(args)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose=args.verbose, quiet=args.quiet)
     from ichseg.data.ctich import DatasetError
 
     try:

@@ -122,6 +122,7 @@ def summarize_members(cfg_dir: Path, policy: str | None = None) -> dict[str, Any
         grid,
         metrics_at,
         patient_costs,
+        recall_by_group,
         screen_threshold,
     )
 
@@ -169,6 +170,7 @@ def summarize_members(cfg_dir: Path, policy: str | None = None) -> dict[str, Any
         "ablations": ablations,
         "policies": policies,
         "worst_patients": patient_costs(pooled, best)[:5],
+        "by_group": recall_by_group(pooled, best),
         "train_minutes": {"mean": float(np.mean(minutes)), "per_fold": minutes},
         "slices": len(pooled),
         "patients": len({r["patient_id"] for r in pooled}),
@@ -239,6 +241,19 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {p['patient_id']} | {p['slices_with_blood']} / {p['called_slices']} | {p['true_px']:,} | {p['predicted_px']:,} | "
             f"{p['false_positive_px']:,} | {p['false_negative_px']:,} | {d} | +{p['dice_cost']:.3f} |"
         )
+    if "by_group" in summary:
+        lines += [
+            "",
+            "Slice recall and Dice at the shipped point by subtype (slices flagged with it) and by the patient's total "
+            "bleed volume, pooled out-of-fold:",
+            "",
+            "| group | slices with blood | patients | found | slice recall | Dice |",
+            "|---|---|---|---|---|---|",
+        ]
+        for kind in ("subtype", "size"):
+            for g, v in summary["by_group"][kind].items():
+                d = "n/a" if v["dice"] is None else f"{v['dice']:.3f}"
+                lines.append(f"| {g} | {v['slices']} | {v['patients']} | {v['found']} | {v['recall']:.3f} | {d} |")
     lines += [
         "",
         "| policy | point (threshold, min px, head) | pooled recall | precision | Dice | IoU | scan sens. | scan spec. |",

@@ -283,3 +283,57 @@ def patient_costs(rows: Sequence[dict[str, Any]], point: dict[str, Any]) -> list
             }
         )
     return sorted(out, key=lambda r: -r["dice_cost"])
+
+
+SIZE_BINS_ML = ((0.0, 1.0, "< 1 mL"), (1.0, 5.0, "1-5 mL"), (5.0, float("inf"), "> 5 mL"))
+CT_ICH_SLICE_MM = 5.0  # CT-ICH's slice thickness
+
+
+def px512_to_ml(area_px_512: float, frame_px: int = 650, pixel_mm: float | None = None) -> float:
+    """Blood pixels counted at 512×512 as millilitres: a CT-ICH frame is ``frame_px`` pixels
+    of ``pixel_mm`` (the converter's 0.35 mm), 5 mm thick."""
+    if pixel_mm is None:
+        from ichseg.io.convert import CT_ICH_PIXEL_SPACING_MM
+
+        pixel_mm = float(CT_ICH_PIXEL_SPACING_MM)
+    side_mm = frame_px * pixel_mm / 512
+    return area_px_512 * side_mm * side_mm * CT_ICH_SLICE_MM / 1000.0
+
+
+def recall_by_group(rows: Sequence[dict[str, Any]], point: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Slice recall and Dice at ``point`` per subtype (the slices the CSV flags with it)
+    and per patient bleed size (the patient's total true blood volume: < 1, 1-5, > 5 mL).
+
+    A slice counts for every subtype it is flagged with. Dice is global over the group's
+    slices with blood (their false positives included); a group without slices is absent.
+    Empty-ground-truth policy: normal slices are in no group."""
+    from ichseg.data.ctich import SUBTYPES
+
+    o = slice_outcomes(rows, point["mask_threshold"], point["min_area_px"], point["head_threshold"])
+    pos = np.array([bool(r["hemorrhage"]) for r in rows])
+    true_area = np.array([r["true_area_px_512"] for r in rows], np.int64)
+    pids = np.array([r["patient_id"] for r in rows])
+
+    def group(m: np.ndarray) -> dict[str, Any]:
+        m = m & pos
+        i, a, t = int(o["inter"][m].sum()), int(o["area"][m].sum()), int(true_area[m].sum())
+        return {
+            "slices": int(m.sum()),
+            "patients": len(set(pids[m].tolist())),
+            "found": int(o["verdict"][m].sum()),
+            "recall": float(o["verdict"][m].mean()),
+            "dice": 2 * i / (a + t) if a + t else None,
+        }
+
+    subtypes = {}
+    for h in SUBTYPES:
+        m = np.array([bool(r["flags"].get(h, 0)) for r in rows])
+        if (m & pos).any():
+            subtypes[h] = group(m)
+    ml = {p: px512_to_ml(true_area[pids == p].sum()) for p in set(pids.tolist())}
+    sizes = {}
+    for lo, hi, label in SIZE_BINS_ML:
+        m = np.array([lo <= ml[p] < hi for p in pids])
+        if (m & pos).any():
+            sizes[label] = group(m)
+    return {"subtype": subtypes, "size": sizes}

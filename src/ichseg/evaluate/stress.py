@@ -6,7 +6,8 @@ different scanner or reconstruction would change them, then shrunk to the networ
 as a source image would be. Every perturbation has a mild and a strong level; the
 brightness, contrast and gamma ones act on the brain window (where a calibration shift
 shows: a few HU move the brain window by many grey levels but the 20× wider bone window
-by less than one), noise and blur on both windows. Metrics are taken at the shipped
+by less than one), noise and blur on both windows, and so do the scanner looks of
+:mod:`ichseg.data.scanner` (JPEG compression, a sharp kernel, thin-slice noise). Metrics are taken at the shipped
 operating point, pooled over all folds, beside the unperturbed run.
 """
 
@@ -71,6 +72,37 @@ def blur(sigma_px: float):
     return apply
 
 
+def _scanner_look(fn: Callable[[np.ndarray, np.random.Generator], np.ndarray]):
+    """A :mod:`ichseg.data.scanner` look on every window of a uint8 stack."""
+
+    def apply(stack: np.ndarray, windows: tuple[Window, ...], rng: np.random.Generator) -> np.ndarray:
+        out = fn(stack.astype(np.float32) / 255.0, rng)
+        return (out * 255.0).clip(0, 255).round().astype(np.uint8)
+
+    return apply
+
+
+def jpeg(quality: int):
+    """Every window through JPEG at ``quality`` (another export's compression)."""
+    from ichseg.data.scanner import jpeg_float
+
+    return _scanner_look(lambda x, rng: jpeg_float(x, quality))
+
+
+def sharp_kernel(amount: float):
+    """Unsharp masking by ``amount`` (a bone or sharp soft-tissue reconstruction kernel)."""
+    from ichseg.data.scanner import sharpen_float
+
+    return _scanner_look(lambda x, rng: sharpen_float(x, amount))
+
+
+def thin_slice_noise(sigma_grey: float, corr_px: float = 1.0):
+    """Spatially correlated noise of ``sigma_grey`` grey levels (a 1-1.5 mm slice's grain)."""
+    from ichseg.data.scanner import correlated_noise_float
+
+    return _scanner_look(lambda x, rng: correlated_noise_float(x, sigma_grey / 255.0, corr_px, rng))
+
+
 #: name -> ((label, perturbation) for the mild and the strong level)
 PERTURBATIONS: dict[str, tuple[tuple[str, Any], tuple[str, Any]]] = {
     "brightness": (("+10 grey", brightness(10)), ("+20 grey", brightness(20))),
@@ -78,6 +110,9 @@ PERTURBATIONS: dict[str, tuple[tuple[str, Any], tuple[str, Any]]] = {
     "gamma": (("γ 0.85", gamma(0.85)), ("γ 0.7", gamma(0.7))),
     "noise": (("σ 4 grey", noise(4)), ("σ 8 grey", noise(8))),
     "blur": (("σ 1 px", blur(1.0)), ("σ 2 px", blur(2.0))),
+    "jpeg": (("quality 50", jpeg(50)), ("quality 20", jpeg(20))),
+    "sharp kernel": (("amount 0.7", sharp_kernel(0.7)), ("amount 1.5", sharp_kernel(1.5))),
+    "thin-slice noise": (("σ 6 grey", thin_slice_noise(6)), ("σ 12 grey", thin_slice_noise(12))),
 }
 
 
@@ -107,7 +142,12 @@ def stress_fold(
     from ichseg.models.weights import load_model
 
     out = Path(out_dir) / f"fold{fold}.json"
-    if out.exists() and json.loads(out.read_text()).get("thresholds") == list(thresholds):
+    done: dict[str, Any] = {}
+    if out.exists():
+        cached = json.loads(out.read_text())
+        if cached.get("thresholds") == list(thresholds):
+            done = cached["conditions"]  # conditions added since are computed, the rest reused
+    if all(f"{name}|{label}" in done for name, label, _ in CONDITIONS):
         return out
     body = json.loads((Path(cfg_dir) / f"fold{fold}.json").read_text())
     preprocess = from_dict(PreprocessConfig, body["config"]["preprocess"])
@@ -116,8 +156,10 @@ def stress_fold(
     held = select(records, body["val_patients"])
     unet, ucfg, _ = load_model(member_dir(work_root, Path(cfg_dir).name, fold) / "last")
     windows = tuple(ucfg.windows)
-    conditions: dict[str, dict[str, list]] = {"none|none": body["per_slice"]}
+    conditions: dict[str, dict[str, list]] = {**done, "none|none": body["per_slice"]}
     for name, label, fn in CONDITIONS[1:]:
+        if f"{name}|{label}" in conditions:
+            continue
         perturb = lambda stack, rng, fn=fn, w=windows: fn(stack, w, rng)  # noqa: E731
         rows = member_rows(
             unet,

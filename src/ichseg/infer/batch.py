@@ -56,11 +56,11 @@ def is_batch_root(path: Path) -> bool:
 _BUNDLE = None
 
 
-def _init_worker(model_dir: str, runtime: str, threads: int) -> None:
+def _init_worker(model_dir: str, runtime: str, threads: int, precision: str = "fp32") -> None:
     global _BUNDLE
     from ichseg.infer.pipeline import load_bundle
 
-    _BUNDLE = load_bundle(Path(model_dir), runtime=runtime, threads=threads)
+    _BUNDLE = load_bundle(Path(model_dir), runtime=runtime, threads=threads, precision=precision)
 
 
 def _predict_study(study: str, out_root: str, overlays: bool) -> dict[str, Any]:
@@ -112,6 +112,7 @@ def predict_batch(
     *,
     workers: int = 1,
     runtime: str = "torch",
+    precision: str = "fp32",
     overlays: bool = True,
     on_result: Callable[[dict[str, Any], int, int], None] | None = None,
 ) -> dict[str, Any]:
@@ -132,7 +133,7 @@ def predict_batch(
     if todo:
         # spawn, not fork: a forked copy of a process whose OpenMP threads are running can hang
         ctx = multiprocessing.get_context("spawn")
-        init = (str(model_dir), runtime, threads)
+        init = (str(model_dir), runtime, threads, precision)
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
             for row in _bounded(pool, todo, str(out_root), overlays, 2 * workers):
                 rows.append(row)

@@ -88,14 +88,64 @@ def resolve_runtime(model_dir: Path, runtime: str = "auto") -> str:
     return runtime
 
 
-def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = None) -> Bundle:
+PRECISION_RECORD = "precision.json"  # the bundle's bf16 agreement check (ichseg.evaluate.precision)
+
+
+def bundle_precision(model_dir: Path, runtime: str, requested: str = "auto") -> tuple[str, str]:
+    """The precision ``runtime`` will run this bundle at, and why.
+
+    "fp32" is always honoured. "auto" means bf16 only where both hold: the bundle's
+    agreement check (``precision.json``, made by ``ichseg check-precision`` on real studies
+    for the current weights) passed, and this CPU runs bf16 (:mod:`ichseg.hardware`).
+    "bf16" skips the bundle's check (for measuring) but never the CPU's. ONNX Runtime is
+    float32 only."""
+    import os
+
+    from ichseg.hardware import PRECISIONS, resolve_precision
+
+    requested = os.environ.get("ICHSEG_PRECISION", requested) or "auto"
+    if requested not in PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r} (choose from {', '.join(PRECISIONS)})")
+    if runtime in ("onnx", "onnx-int8"):
+        return "fp32", "ONNX Runtime runs float32"
+    if requested == "fp32":
+        return resolve_precision("fp32")
+    if requested == "auto":
+        ok, why = bf16_validated(model_dir, runtime)
+        if not ok:
+            return "fp32", why
+    return resolve_precision(requested, "openvino" if runtime == "openvino" else "torch")
+
+
+def bf16_validated(model_dir: Path, runtime: str) -> tuple[bool, str]:
+    """Whether the bundle's bf16 agreement check passed on ``runtime`` for its current
+    U-Net weights."""
+    from ichseg.io import sha256_file
+
+    path = Path(model_dir) / PRECISION_RECORD
+    if not path.exists():
+        return False, "bf16 not validated for this bundle (no precision.json)"
+    rec = load_json(path)
+    if rec.get("unet_sha256") != sha256_file(Path(model_dir) / "unet.safetensors"):
+        return False, "bf16 check was made for other weights"
+    entry = rec.get("runtimes", {}).get(runtime)
+    if entry is None:
+        return False, f"bf16 not validated on {runtime}"
+    if not entry.get("passed"):
+        return False, f"bf16 check failed ({entry.get('reason', 'see precision.json')})"
+    return True, f"bf16 check passed on {runtime}"
+
+
+def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = None, precision: str = "fp32") -> Bundle:
     """Load a bundle folder; errors name the missing or bad file.
 
     ``runtime``: "torch"; "onnx" (ONNX Runtime) or "openvino" (OpenVINO, float32), both on
     the graphs made by ``ichseg export --onnx`` (an error if they are missing or stale, or
     the package is not installed); or "auto": the first usable of ``AUTO_ORDER``
     (OpenVINO, ONNX Runtime), else PyTorch.
-    ``threads``: CPU threads of each network (default: the runtime's choice)."""
+    ``threads``: CPU threads of each network (default: the runtime's choice).
+    ``precision``: "fp32", "bf16" or "auto" (see :func:`bundle_precision`); what ran is in
+    ``meta["precision"]``."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: model folder not found")
@@ -105,6 +155,7 @@ def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = N
         if not (model_dir / name).exists():
             raise FileNotFoundError(f"{model_dir / name}: missing from the model bundle")
     runtime = resolve_runtime(model_dir, runtime)
+    prec, prec_why = bundle_precision(model_dir, runtime, precision)
     screening = load_json(model_dir / "pipeline.json")["pipeline"].get("screen_threshold") is not None
     classifier: Network | None = None
     screen: Network | None = None
@@ -115,26 +166,26 @@ def load_bundle(model_dir: Path, runtime: str = "torch", threads: int | None = N
         _, network, unet_graph = GRAPH_RUNTIMES[runtime]
         if two_stage:
             ccfg, cmeta = load_model_config(model_dir / "classifier")
-            classifier = network(model_dir / "classifier.onnx", threads)
+            classifier = network(model_dir / "classifier.onnx", threads, prec)
         ucfg, umeta = load_model_config(model_dir / "unet")
-        unet = network(model_dir / unet_graph, threads)
+        unet = network(model_dir / unet_graph, threads, prec)
         if screening and (model_dir / SCREEN_GRAPH).exists() and runtime != "onnx-int8":
-            screen = network(model_dir / SCREEN_GRAPH, threads)
+            screen = network(model_dir / SCREEN_GRAPH, threads, prec)
     else:
         from ichseg.models.weights import load_model
 
         if two_stage:
             c_module, ccfg, cmeta = load_model(model_dir / "classifier")
-            classifier = TorchNetwork(c_module, threads)
+            classifier = TorchNetwork(c_module, threads, prec)
         u_module, ucfg, umeta = load_model(model_dir / "unet")
-        unet = TorchNetwork(u_module, threads)
+        unet = TorchNetwork(u_module, threads, prec)
         if screening and hasattr(u_module, "members"):
-            screen = TorchNetwork(u_module.members[0], threads)
+            screen = TorchNetwork(u_module.members[0], threads, prec)
     body = load_json(model_dir / "pipeline.json")
     assert isinstance(ucfg, UNetConfig) and (ccfg is None or isinstance(ccfg, ClassifierConfig))
     if not two_stage and not ucfg.heads:
         raise FileNotFoundError(f"{model_dir / 'classifier.json'}: missing, and the U-Net has no slice heads to stand in")
-    body = {**body, "runtime": runtime}
+    body = {**body, "runtime": runtime, "precision": prec, "precision_reason": prec_why}
     return Bundle(
         classifier,
         ccfg,

@@ -174,6 +174,7 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
         "study_hemorrhage": int(any(r["hemorrhage"] for r in rows)),
         "model": str(bundle.path),
         "runtime": bundle.meta.get("runtime", "torch"),
+        "precision": bundle.meta.get("precision", "fp32"),
         "scan_probability": round(float(cls_prob.max()), 5) if len(cls_prob) else 0.0,
         "ensemble_members": bundle.members,
         "operating_point": {

@@ -7,10 +7,15 @@ deep-learning package itself: the graph runtimes then start without PyTorch, whi
 saves about a second of cold start and 200 MB of memory per process.
 
 The graph runtimes read the ``<stage>.onnx`` files written by ``ichseg export --onnx``
-(:mod:`ichseg.infer.onnx_export`). OpenVINO compiles them for the CPU it finds, pinned to
-float32: reduced precision (bf16) is never requested, because some virtual machines
-advertise AMX/AVX-512-BF16 in their CPU flags and then kill the process with "Illegal
-instruction" when it is used (seen on this project's machine).
+(:mod:`ichseg.infer.onnx_export`). OpenVINO compiles them for the CPU it finds.
+
+Precision: float32 unless bf16 is asked for *and* :mod:`ichseg.hardware` finds the CPU
+able (flags, then a child-process probe: some virtual machines advertise AMX and kill the
+process with "Illegal instruction" when it is used, as seen on this project's machine).
+PyTorch then runs under bf16 autocast and OpenVINO with ``INFERENCE_PRECISION_HINT=bf16``
+(about 4x faster on AMX); ONNX Runtime stays float32 (its CPU provider has no bf16 path).
+Whether a bundle may use bf16 at all is decided by its agreement check
+(:mod:`ichseg.evaluate.precision`), in :func:`ichseg.infer.pipeline.load_bundle`.
 """
 
 from __future__ import annotations
@@ -35,20 +40,22 @@ class Network(Protocol):
 
 
 class TorchNetwork:
-    """A PyTorch module behind the numpy interface (inference mode, channels-last)."""
+    """A PyTorch module behind the numpy interface (inference mode, channels-last; bf16
+    autocast when ``precision`` is "bf16")."""
 
-    def __init__(self, module: Any, threads: int | None = None) -> None:
+    def __init__(self, module: Any, threads: int | None = None, precision: str = "fp32") -> None:
         import torch
 
         torch.set_flush_denormal(True)
         if threads:
             torch.set_num_threads(threads)
         self.module = module.eval()
+        self.precision = precision
 
     def __call__(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
             out = self.module(t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t)
             if isinstance(out, tuple):
@@ -57,9 +64,9 @@ class TorchNetwork:
 
 
 class OrtNetwork:
-    """An ONNX Runtime CPU session on an ``.onnx`` graph."""
+    """An ONNX Runtime CPU session on an ``.onnx`` graph (float32 whatever is asked)."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, precision: str = "fp32") -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -69,6 +76,7 @@ class OrtNetwork:
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.path = Path(path)
+        self.precision = "fp32"
 
     def __call__(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
@@ -76,12 +84,15 @@ class OrtNetwork:
 
 
 class OpenVinoNetwork:
-    """An OpenVINO CPU model compiled from an ``.onnx`` graph, float32 (see the module note)."""
+    """An OpenVINO CPU model compiled from an ``.onnx`` graph, at float32 or bf16 (see the
+    module note)."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, precision: str = "fp32") -> None:
         import openvino as ov
 
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+        self.precision = precision
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)

@@ -153,6 +153,7 @@ def predict_volume(bundle: Bundle, volume: Volume, out_dir: Path, *, pdf: bool =
         "model": str(bundle.path),
         "ensemble_members": bundle.members,
         "runtime": bundle.meta.get("runtime", "torch"),
+        "precision": bundle.meta.get("precision", "fp32"),
         "operating_point": {
             "mask_threshold": bundle.pipeline.mask_threshold,
             "min_area_px_at_512": bundle.pipeline.min_area_px,

@@ -1,0 +1,98 @@
+"""The out-of-fold scoring that chose the shipped operating point, on hand-computed tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from ichseg.evaluate.oof import (
+    MASK_THRESHOLDS,
+    choose,
+    metrics_at,
+    patient_costs,
+    px512_to_ml,
+    recall_by_group,
+    score,
+    screen_threshold,
+)
+
+
+def row(pid: str, sl: int, true_px: int, blobs: list[list[int]], head: float = 0.0, maxp: float = 0.0, **flags: int) -> dict:
+    """One out-of-fold slice whose blobs ([area, overlap] at 512 px) are the same at every
+    mask threshold, and the same without the intracranial mask."""
+    comps = {str(t): blobs for t in MASK_THRESHOLDS}
+    return {
+        "patient_id": pid,
+        "slice": sl,
+        "hemorrhage": int(true_px > 0),
+        "true_area_px_512": true_px,
+        "max_probability": maxp,
+        "heads": {"hemorrhage": head},
+        "flags": {"epidural": 0, "subdural": 0, **flags},
+        "components": comps,
+        "components_no_intracranial": comps,
+    }
+
+
+# patient 1 bleeds on two slices (one found, one missed); patient 2 is normal, with a
+# 10-px speck on one slice and a confident head on the other
+ROWS = [
+    row("p1", 1, 100, [[80, 60]], head=0.6, epidural=1),
+    row("p1", 2, 50, [], head=0.2, epidural=1),
+    row("p2", 1, 0, [[10, 0]], head=0.1),
+    row("p2", 2, 0, [], head=0.95),
+]
+
+
+def test_metrics_at_counts_slices_patients_and_pixels() -> None:
+    m = metrics_at(ROWS, 0.5, 5, None)
+    assert (m["slice"]["tp"], m["slice"]["fp"], m["slice"]["fn"], m["slice"]["tn"]) == (1, 1, 1, 1)
+    assert m["pixel"]["dice_global"] == pytest.approx(2 * 60 / (90 + 150))
+    assert m["pixel"]["iou_global"] == pytest.approx(60 / (90 + 150 - 60))
+    assert m["fp_px_per_normal_patient"] == 10 and m["normal_patients"] == 1
+    assert (m["scan"]["sensitivity"], m["scan"]["specificity"]) == (1.0, 0.0)
+    # a 20-px minimum removes the speck; the normal patient is then clean
+    m = metrics_at(ROWS, 0.5, 20, None)
+    assert (m["slice"]["fp"], m["scan"]["specificity"], m["slice"]["precision"]) == (0, 1.0, 1.0)
+    # head fusion at 0.9 calls the confident normal slice positive (its pixels stay 0)
+    m = metrics_at(ROWS, 0.5, 20, 0.9)
+    assert (m["slice"]["fp"], m["scan"]["specificity"], m["pixel"]["pixels_predicted"]) == (1, 0.0, 80)
+
+
+def _point(tp: int, fp: int, fn: int, dice: float, sens: float) -> dict:
+    return {"slice": {"tp": tp, "fp": fp, "fn": fn}, "pixel": {"dice_global": dice}, "scan": {"sensitivity": sens}}
+
+
+def test_the_shipped_policy_never_trades_a_missed_patient_for_a_better_score() -> None:
+    a = _point(8, 0, 2, 0.8, 0.9)  # F2 = 40/48, misses a bleeding patient
+    b = _point(9, 5, 1, 0.6, 1.0)  # F2 = 45/54, finds every patient
+    assert score(a, "f2_dice") == pytest.approx(40 / 48 + 0.8)
+    assert choose([a, b], "f2_dice") is a
+    assert choose([a, b], "scan_safe_f2_dice") is b
+    assert score(a, "f1_dice") == pytest.approx(2 * 8 / (2 * 8 + 2) + 0.8)
+    with pytest.raises(ValueError, match="unknown policy"):
+        score(a, "dice")
+
+
+def test_screen_threshold_keeps_the_asked_share_of_bleeding_slices() -> None:
+    rows = [row("p", k, 100, [], maxp=p) for k, p in enumerate((0.5, 0.04, 0.2))] + [row("n", 1, 0, [], maxp=0.9)]
+    assert screen_threshold(rows, 0.995) == 0.03  # the 0.04 slice must still be sent
+    assert screen_threshold(rows, 0.6) == 0.2  # two of three are enough
+    assert screen_threshold([*rows, row("q", 1, 100, [], maxp=0.001)], 0.995) is None
+
+
+def test_patient_costs_rank_by_the_dice_a_perfect_patient_would_add() -> None:
+    costs = patient_costs(ROWS, {"mask_threshold": 0.5, "min_area_px": 5, "head_threshold": None})
+    p1 = next(c for c in costs if c["patient_id"] == "p1")
+    assert (p1["true_px"], p1["predicted_px"], p1["false_positive_px"], p1["false_negative_px"]) == (150, 80, 20, 90)
+    assert p1["dice"] == pytest.approx(120 / 230)
+    assert p1["dice_cost"] == pytest.approx(300 / 310 - 0.5)
+    assert costs[0]["patient_id"] == "p1"
+
+
+def test_recall_by_subtype_and_bleed_size() -> None:
+    g = recall_by_group(ROWS, {"mask_threshold": 0.5, "min_area_px": 5, "head_threshold": None})
+    assert g["subtype"] == {"epidural": {"slices": 2, "patients": 1, "found": 1, "recall": 0.5, "dice": pytest.approx(120 / 230)}}
+    assert "subdural" not in g["subtype"]  # no slice flagged: no row rather than a 0/0
+    assert list(g["size"]) == ["< 1 mL"]
+    # 512 px over a 650-px frame of 0.35 mm pixels, 5 mm slices
+    assert px512_to_ml(512 * 512) == pytest.approx((650 * 0.35) ** 2 * 5 / 1000)
