@@ -264,6 +264,8 @@ def _predict_volume(args: argparse.Namespace, kind: str) -> int:
         f"{verdict} (scan probability {s['scan_probability']:.2f}), {s['total_volume_ml']:.1f} mL in {len(s['lesions'])} "
         f"lesion(s) [{time.perf_counter() - t0:.1f} s]"
     )
+    if s.get("slabs"):
+        print(f"  {s['slabs']['input_slice_step_mm']:g} mm slices read as {s['slabs']['slabs']} slabs of ~5 mm (as CT-ICH's)")
     for les in s["lesions"]:
         sub = f", {les['subtype']} {les['subtype_probability']:.2f}" if les.get("subtype") else ""
         print(f"  lesion {les['label']}: {les['volume_ml']:.2f} mL (ABC/2 {les['abc2_ml']:.2f} mL), slices {les['slices']}{sub}")

@@ -8,12 +8,14 @@ therefore (1) windowed with the estimated CT-ICH window settings
 (:mod:`ichseg.data.windows`), (2) resampled in-plane to the pixel size the model expects
 (:data:`MODEL_PIXEL_MM`) and centred on a 650×650 frame, as CT-ICH's slices are, so a head
 appears at the size the model knows, (3) predicted slice by slice with its neighbours
-(:func:`ichseg.infer.study.predict_windows`), and (4) the masks are taken back through the
-same frame onto the original grid.
+(:func:`ichseg.infer.study.predict_windows`), thin series as ~5 mm slabs
+(:mod:`ichseg.infer.slabs`), and (4) the masks are taken back through the same frame (and
+slab) onto the original grid.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ import cv2
 import numpy as np
 
 from ichseg.infer.pipeline import Bundle
+from ichseg.infer.slabs import average_slabs, slab_index, slab_thickness_mm
+from ichseg.infer.study import StudyPrediction
 from ichseg.io import atomic_write_csv, atomic_write_png, atomic_write_text
 from ichseg.io.volume import Volume
 
@@ -105,7 +109,24 @@ def predict_volume(bundle: Bundle, volume: Volume, out_dir: Path, *, pdf: bool =
     dicom = bool(volume.files) and volume.sop_instance_uids is not None
     brain, bone = hu_to_windows(volume.hu)
     frame = frame_for(volume.hu.shape[1:], volume.pixel_spacing)
-    pred = predict_windows(bundle, [to_frame(b, frame) for b in brain], [to_frame(b, frame) for b in bone])
+    positions = volume.slice_positions_mm()
+    slab = slab_index(positions)
+    slabs_info = None
+    if slab.max() + 1 < len(slab):  # a thin series: the model reads ~5 mm slabs (ichseg.infer.slabs)
+        in_brain, in_bone = hu_to_windows(average_slabs(volume.hu, slab))
+        thick = slab_thickness_mm(positions, slab)
+        slabs_info = {
+            "input_slice_step_mm": round(float(np.median(np.diff(positions))), 3),
+            "slabs": int(slab.max() + 1),
+            "slab_mm": [round(float(t), 2) for t in thick],
+            "how": "HU averaged over consecutive slices into ~5 mm slabs; each slice takes its slab's mask",
+        }
+        log.info("%s: %d thin slices read as %d slabs of ~%.1f mm", volume.source, len(slab), slab.max() + 1, np.median(thick))
+    else:
+        in_brain, in_bone = brain, bone
+    pred = predict_windows(bundle, [to_frame(b, frame) for b in in_brain], [to_frame(b, frame) for b in in_bone])
+    if slabs_info is not None:
+        pred = thin_prediction(pred, slab)
     masks = np.stack([from_frame(m, frame) for m in pred.masks])
     found = lesions(masks, volume.spacing_mm, pred.heads, index_to_world_mm=_index_to_world(volume, dicom))
     total = total_volume_ml(found)
@@ -150,6 +171,7 @@ def predict_volume(bundle: Bundle, volume: Volume, out_dir: Path, *, pdf: bool =
         "slices": n,
         "positive_slices": [k + 1 for k in range(n) if pred.verdict[k]],
         "spacing_mm": list(volume.spacing_mm),
+        "slabs": slabs_info,
         "model": str(bundle.path),
         "ensemble_members": bundle.members,
         "runtime": bundle.meta.get("runtime", "torch"),
@@ -172,6 +194,19 @@ def predict_volume(bundle: Bundle, volume: Volume, out_dir: Path, *, pdf: bool =
     summary["outputs"] = sorted(outputs)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def thin_prediction(pred: StudyPrediction, slab: np.ndarray) -> StudyPrediction:
+    """A prediction on slabs as one on the thin slices they were made of: each slice takes
+    its slab's mask, verdict and probabilities."""
+    return dataclasses.replace(
+        pred,
+        masks=[pred.masks[s] for s in slab],
+        verdict=pred.verdict[slab],
+        heads={h: p[slab] for h, p in pred.heads.items()},
+        max_probability=pred.max_probability[slab],
+        segmented=pred.segmented[slab] if len(pred.segmented) else pred.segmented,
+    )
 
 
 def _lesion_json(les: Any) -> dict[str, Any]:

@@ -148,6 +148,15 @@ class Volume:
         n = np.cross(o[:3], o[3:])
         return n / np.linalg.norm(n)
 
+    def slice_positions_mm(self) -> np.ndarray:
+        """(N,) each slice's position along the slice normal, from slice 0: a reader that
+        knows them (``extra["slice_positions_mm"]``, e.g. a series with two spacings) says
+        so; otherwise the uniform ``k × spacing``."""
+        given = self.extra.get("slice_positions_mm")
+        if given is not None:
+            return np.asarray(given, np.float64)
+        return np.arange(self.shape[0], dtype=np.float64) * self.spacing_mm[0]
+
     def voxel_to_ras(self, ijk: np.ndarray) -> np.ndarray:
         """(..., 3) voxel indices (c, r, k) → (..., 3) RAS+ mm."""
         ijk = np.asarray(ijk, np.float64)
