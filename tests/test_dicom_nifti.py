@@ -246,17 +246,38 @@ def test_unparseable_file_is_skipped_and_its_gap_reported(tmp_path: Path, caplog
 def test_missing_slice_is_an_error(tmp_path: Path) -> None:
     _, files = write_series(tmp_path, expected_hu(6))
     files[3].unlink()
-    with pytest.raises(DicomError, match=r"missing slice\(s\) between IM0002.dcm and IM0004.dcm: .* 5.00 mm apart, the median"):
+    with pytest.raises(
+        DicomError, match=r"missing slice\(s\) between IM0002.dcm and IM0004.dcm: .* 5.00 mm apart, the steps beside it 2.50"
+    ):
         read_dicom_series(tmp_path)
 
 
-def test_mixed_spacing_is_an_error(tmp_path: Path) -> None:
-    hu = expected_hu(5)
+def _series_at(folder: Path, z_mm: list[float]) -> list[Path]:
+    hu = expected_hu(len(z_mm))
     uid = generate_uid()
-    for k, z in enumerate([0.0, 2.5, 5.0, 7.5, 10.8]):
-        make_ds(hu[k], (0, 0, z), series_uid=uid).save_as(tmp_path / f"{k}.dcm", enforce_file_format=True)
-    with pytest.raises(DicomError, match=r"mixed slice spacing: 3\.dcm → 4\.dcm is 3\.30 mm"):
-        read_dicom_series(tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, z in enumerate(z_mm):
+        make_ds(hu[k], (0, 0, z), series_uid=uid).save_as(folder / f"{k}.dcm", enforce_file_format=True)
+    return sorted(folder.iterdir())
+
+
+def test_two_slice_spacings_are_read_and_only_a_true_gap_is_an_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A sequential head protocol: 4 mm through the posterior fossa, 7 mm above."""
+    z = [4.0 * k for k in range(6)] + [20.0 + 7.0 * k for k in range(1, 6)]
+    with caplog.at_level(logging.WARNING):
+        vol = read_dicom_series(_series_at(tmp_path / "ge", z)[0].parent)
+    assert vol.shape[0] == 11 and "variable slice spacing (5 steps of 4.00 mm, 5 steps of 7.00 mm)" in caplog.text
+    assert np.allclose(vol.slice_positions_mm(), np.array(z) - z[0])
+    assert np.allclose(vol.hu, expected_hu(11))  # the slices in position order
+    ext = vol.slice_extents_mm()
+    assert ext.sum() == pytest.approx(z[-1] - z[0] + 4.0 / 2 + 7.0 / 2)
+    assert ext[0] == pytest.approx(4.0) and ext[-1] == pytest.approx(7.0) and ext[5] == pytest.approx(5.5)
+    # a slice missing in the 7 mm part is still a gap
+    with pytest.raises(DicomError, match=r"missing slice\(s\) between 7\.dcm and 8\.dcm: .* 14\.00 mm apart"):
+        read_dicom_series(_series_at(tmp_path / "gap", [*z[:8], *z[9:]])[0].parent)
+    # one odd step in an even series is read too (positions kept)
+    vol = read_dicom_series(_series_at(tmp_path / "odd", [0.0, 2.5, 5.0, 7.5, 10.8])[0].parent)
+    assert vol.slice_positions_mm()[-1] == pytest.approx(10.8)
 
 
 def test_duplicate_positions_are_an_error(tmp_path: Path) -> None:

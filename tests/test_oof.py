@@ -96,3 +96,49 @@ def test_recall_by_subtype_and_bleed_size() -> None:
     assert list(g["size"]) == ["< 1 mL"]
     # 512 px over a 650-px frame of 0.35 mm pixels, 5 mm slices
     assert px512_to_ml(512 * 512) == pytest.approx((650 * 0.35) ** 2 * 5 / 1000)
+
+
+def test_outlined_rule_never_calls_a_slice_without_an_outline() -> None:
+    """Under "outlined" the confident head of the normal slice does not make it positive
+    (it is for review); on slices it flags, the lower mask threshold's blobs count."""
+    rows = [
+        row("p1", 1, 100, [[80, 60]], head=0.6),
+        {**row("p1", 2, 50, [], head=0.9), "components": {**{str(t): [] for t in MASK_THRESHOLDS}, "0.4": [[30, 25]]}},
+        row("p2", 1, 0, [], head=0.95),
+    ]
+    fused = metrics_at(rows, 0.5, 5, 0.9)
+    assert (fused["slice"]["tp"], fused["slice"]["fp"]) == (2, 1)  # the head alone called p1/2 and p2/1
+    outlined = metrics_at(rows, 0.5, 5, 0.9, True, "outlined", 0.4)
+    assert (outlined["slice"]["tp"], outlined["slice"]["fp"], outlined["slice"]["fn"]) == (2, 0, 0)
+    assert outlined["pixel"]["pixels_intersection"] == 60 + 25 and outlined["scan"]["specificity"] == 1.0
+    without_low = metrics_at(rows, 0.5, 5, 0.9, True, "outlined", None)
+    assert without_low["slice"]["fn"] == 1  # no lower threshold: the flagged slice has no blob
+
+
+def test_outlined_grid_and_the_pipeline_functions_agree() -> None:
+    import numpy as np
+
+    from ichseg.config import PipelineConfig
+    from ichseg.evaluate.oof import grid, operating_point
+    from ichseg.infer.pipeline import masks_from_probs
+    from ichseg.infer.postprocess import fuse_verdict, review_flags
+
+    points = grid(ROWS, rule="outlined")
+    assert all(p["verdict_rule"] == "outlined" for p in points)
+    assert {p["head_mask_threshold"] for p in points if p["head_threshold"] is None} == {None}
+    assert len(points) > len(grid(ROWS))  # every lower threshold of each head threshold
+    cfg = operating_point({"mask_threshold": 0.8, "min_area_px": 5, "head_threshold": 0.5, "verdict_rule": "outlined",
+                           "head_mask_threshold": 0.4}, PipelineConfig(speck_removal="component"))  # fmt: skip
+    probs = np.zeros((3, 16, 16), np.float32)
+    probs[:, 4:8, 4:8] = 0.6  # above 0.4, below 0.8
+    head = np.array([0.9, 0.2, 0.9], np.float32)
+    probs[2] = 0.0  # flagged, but nothing to outline
+    masks = masks_from_probs(probs, cfg, head=head)
+    assert masks[0].sum() == 16 and masks[1].sum() == 0 and masks[2].sum() == 0
+    areas = masks.reshape(3, -1).sum(1)
+    assert fuse_verdict(areas, head, 0.5, "outlined").tolist() == [True, False, False]
+    assert review_flags(areas, head, 0.5, "outlined").tolist() == [False, False, True]
+    assert fuse_verdict(areas, head, 0.5, "fused").tolist() == [True, False, True]
+    assert not review_flags(areas, head, 0.5, "fused").any()
+    with pytest.raises(ValueError, match="verdict_rule"):
+        fuse_verdict(areas, head, 0.5, "both")

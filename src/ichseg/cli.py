@@ -237,7 +237,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     rows = predict_path(bundle, Path(args.path), Path(args.out), write_overlays=not args.no_overlays)
     pos = [r["slice"] for r in rows if r["hemorrhage"]]
+    review = [r["slice"] for r in rows if r.get("review")]
     print(f"{len(rows)} slice(s) in {time.perf_counter() - t0:.1f} s; hemorrhage on {len(pos)}: {', '.join(pos) or 'none'}")
+    if review:
+        print(f"for review (the slice head suspects blood, nothing outlined): {', '.join(review)}")
     print(f"masks, overlays, predictions.csv/json -> {args.out}")
     return 0
 
@@ -269,6 +272,8 @@ def _predict_volume(args: argparse.Namespace, kind: str) -> int:
     for les in s["lesions"]:
         sub = f", {les['subtype']} {les['subtype_probability']:.2f}" if les.get("subtype") else ""
         print(f"  lesion {les['label']}: {les['volume_ml']:.2f} mL (ABC/2 {les['abc2_ml']:.2f} mL), slices {les['slices']}{sub}")
+    if s.get("review_slices"):
+        print(f"  for review (the slice head suspects blood, nothing outlined): slices {s['review_slices']}")
     print(f"{', '.join(s['outputs'])} -> {args.out}")
     return 0
 
@@ -495,6 +500,12 @@ def cmd_release(args: argparse.Namespace) -> int:
     from ichseg.release import install, train_release
 
     t0 = time.perf_counter()
+    if args.recalibrate is not None:
+        from ichseg.ensemble import recalibrate
+
+        s = recalibrate(Path(args.recalibrate), Path(args.cv), policy=args.policy)
+        print(f"{args.recalibrate}: operating point {s['operating_point']} (pooled {s['pooled']['slice']})")
+        return 0
     if is_ensemble_dir(Path(args.cv)):  # the fold members are the model: assembled, not retrained
         from ichseg.ensemble import assemble
 
@@ -739,6 +750,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cv-work", type=Path, default=Path("runs/cv"), help="fold ensembles: the cv --out folder with the members")
     s.add_argument("--policy", default=None, help="fold ensembles: operating-point policy (default scan_safe_f2_dice)")
     s.add_argument("--install", action="store_true", help="copy the bundle into the package as the shipped default")
+    s.add_argument(
+        "--recalibrate",
+        type=Path,
+        default=None,
+        metavar="MODEL",
+        help="fold ensembles: choose MODEL's operating point again from --cv (weights untouched) and stop",
+    )
     s.set_defaults(func=cmd_release)
 
     s = sub.add_parser("run", help="index → preprocess → train both stages → evaluate → figures", allow_abbrev=False)

@@ -144,6 +144,13 @@ class PipelineConfig:
     # verdict fusion for a U-Net with slice heads: a slice is also positive when its
     # hemorrhage head is at least this (None: the mask alone decides)
     head_threshold: float | None = None
+    # How a slice is called positive: "fused" (a blob survives, or the head alone reaches
+    # head_threshold), or "outlined" (only a surviving blob: the verdict never contradicts
+    # what is drawn). Under "outlined" the head helps the outline instead: on slices where
+    # it reaches head_threshold the mask threshold drops to head_mask_threshold, and a
+    # flagged slice that still has no blob is reported for review, not as positive.
+    verdict_rule: str = "fused"
+    head_mask_threshold: float | None = None
     # fold ensembles: the first member screens every slice and the others join only where
     # it sees blood probability or a hemorrhage head of at least this (None: all members on
     # every slice). Elsewhere the first member's output stands for the ensemble's: a slice

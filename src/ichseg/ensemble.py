@@ -83,7 +83,9 @@ def run_member_fold(
         "training": training_summary(prep.work_dir),
         "hardware": hardware(),
         "member_epoch": meta.get("epoch"),
-        "metrics_at_config_point": metrics_at(rows, p.mask_threshold, p.min_area_px, p.head_threshold),
+        "metrics_at_config_point": metrics_at(
+            rows, p.mask_threshold, p.min_area_px, p.head_threshold, True, p.verdict_rule, p.head_mask_threshold
+        ),
         "per_slice": columns(rows),
     }
     out = Path(results_dir) / name / f"fold{fold}.json"
@@ -104,7 +106,7 @@ def load_member_folds(cfg_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def summarize_members(cfg_dir: Path, policy: str | None = None) -> dict[str, Any]:
+def summarize_members(cfg_dir: Path, policy: str | None = None, rule: str = "outlined") -> dict[str, Any]:
     """The cross-validated result of an ensemble configuration (see the module docstring).
 
     Returns the chosen point, per-fold metrics at it with mean ± sd, the pooled metrics
@@ -122,6 +124,7 @@ def summarize_members(cfg_dir: Path, policy: str | None = None) -> dict[str, Any
         grid,
         metrics_at,
         patient_costs,
+        point_rule,
         recall_by_group,
         screen_threshold,
     )
@@ -131,9 +134,11 @@ def summarize_members(cfg_dir: Path, policy: str | None = None) -> dict[str, Any
     if not folds:
         raise FileNotFoundError(f"{cfg_dir}: no fold*.json")
     pooled = [r for f in folds for r in f["rows"]]
-    points = grid(pooled)
+    points = grid(pooled, rule=rule)
     best = choose(points, policy)
-    at = (best["mask_threshold"], best["min_area_px"], best["head_threshold"])
+    at = point_rule(best)
+    t, a, h = at[:3]
+    fused = choose(grid(pooled, rule="fused"), policy) if rule != "fused" else best
 
     def per_fold(fn) -> dict[str, Any]:
         vals = [_fold_values(fn(f["rows"])) for f in folds]
@@ -141,15 +146,17 @@ def summarize_members(cfg_dir: Path, policy: str | None = None) -> dict[str, Any
 
     ablations = {
         "shipped rule": per_fold(lambda rows: metrics_at(rows, *at)),
-        "no intracranial mask": per_fold(lambda rows: metrics_at(rows, *at, intracranial=False)),
-        "mask only (no head fusion)": per_fold(lambda rows: metrics_at(rows, at[0], at[1], None)),
+        "no intracranial mask": per_fold(lambda rows: metrics_at(rows, t, a, h, False, *at[4:])),
+        "mask only (no head)": per_fold(lambda rows: metrics_at(rows, t, a, None)),
         "untuned point (0.5, 20 px, mask only)": per_fold(lambda rows: metrics_at(rows, 0.5, 20, None)),
     }
+    if rule != "fused":  # the older rule, at its own best point: a head alone may call a slice
+        ablations[f"fused verdict {tuple(point_rule(fused)[:3])}"] = per_fold(lambda rows: metrics_at(rows, *point_rule(fused)))
     policies = {}
     for pol in POLICIES:
         p = choose(points, pol)
         policies[pol] = {
-            "point": [p["mask_threshold"], p["min_area_px"], p["head_threshold"]],
+            "point": [p["mask_threshold"], p["min_area_px"], p["head_threshold"], p.get("head_mask_threshold")],
             "pooled": _fold_values(p),
             "fp_px_per_normal_patient": p["fp_px_per_normal_patient"],
         }
@@ -160,9 +167,11 @@ def summarize_members(cfg_dir: Path, policy: str | None = None) -> dict[str, Any
         "of": folds[0]["folds"],
         "policy": policy,
         "operating_point": {
-            "mask_threshold": at[0],
-            "min_area_px": at[1],
-            "head_threshold": at[2],
+            "mask_threshold": t,
+            "min_area_px": a,
+            "head_threshold": h,
+            "verdict_rule": at[4],
+            "head_mask_threshold": at[5],
             "screen_threshold": screen_threshold(pooled),
         },
         "pooled": {k: best[k] for k in ("slice", "scan", "pixel", "fp_px_per_normal_patient", "normal_patients")},
@@ -207,7 +216,9 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"Operating point chosen on the pooled out-of-fold slices ({summary['slices']} slices, {summary['patients']} "
         f"patients) by policy `{summary['policy']}`: mask threshold {op['mask_threshold']}, minimum blob "
-        f"{op['min_area_px']} px at 512×512, head threshold {op['head_threshold']}; screening threshold "
+        f"{op['min_area_px']} px at 512×512, head threshold {op['head_threshold']}, verdict rule "
+        f"`{op.get('verdict_rule', 'fused')}` (mask threshold {op.get('head_mask_threshold')} on slices the head flags); "
+        "screening threshold "
         f"{op['screen_threshold']} (the highest that sends ≥ 99.5% of out-of-fold slices with blood to the whole ensemble; "
         "None: no threshold does, every member runs on every slice).",
         "",
@@ -256,7 +267,8 @@ def markdown(summary: dict[str, Any]) -> str:
                 lines.append(f"| {g} | {v['slices']} | {v['patients']} | {v['found']} | {v['recall']:.3f} | {d} |")
     lines += [
         "",
-        "| policy | point (threshold, min px, head) | pooled recall | precision | Dice | IoU | scan sens. | scan spec. |",
+        "| policy | point (threshold, min px, head, head-flagged threshold) | pooled recall | precision | Dice | IoU | "
+        "scan sens. | scan spec. |",
     ]
     lines.append("|" + "---|" * 8)
     for pol, v in summary["policies"].items():
@@ -308,15 +320,7 @@ def assemble(
         },
         fp16=fp16,
     )
-    pipeline = dataclasses.replace(
-        config.pipeline,
-        mask_threshold=float(summary["operating_point"]["mask_threshold"]),
-        min_area_px=int(summary["operating_point"]["min_area_px"]),
-        head_threshold=summary["operating_point"]["head_threshold"],
-        screen_threshold=summary["operating_point"]["screen_threshold"],
-        gate_sensitivity=None,
-        tune_operating_point=False,
-    )
+    pipeline = _chosen_pipeline(config, summary)
     everyone = sorted({p for f in folds for p in f["val_patients"]})
     trained_on: dict[str, Any] = {"patients": everyone, "data_checksum": folds[0]["data_checksum"]}
     if data_dir is not None:
@@ -328,12 +332,7 @@ def assemble(
     body = {
         "pipeline": to_dict(pipeline),
         "preprocess": to_dict(config.preprocess),
-        "calibration": {
-            "on": "pooled out-of-fold predictions of the cross-validation members",
-            "policy": summary["policy"],
-            "cv": str(cfg_dir),
-            "pooled": summary["pooled"],
-        },
+        "calibration": _calibration(cfg_dir, summary),
         "ensemble": {"members": len(members), "folds": [m["fold"] for m in metas], "fp16_storage": fp16},
         "trained_on": trained_on,
         "training": {f"fold{f['fold']}": f["training"].get("unet", {}) for f in folds},
@@ -343,6 +342,53 @@ def assemble(
     save_json(to_dict(config), out_dir / "config.json")
     atomic_write_text(out_dir / "cv_summary.json", json.dumps(summary, indent=1) + "\n")
     return out_dir
+
+
+def _chosen_pipeline(config: RunConfig, summary: dict[str, Any]):
+    """The configuration's pipeline at the operating point chosen on the pooled folds."""
+    op = summary["operating_point"]
+    return dataclasses.replace(
+        config.pipeline,
+        mask_threshold=float(op["mask_threshold"]),
+        min_area_px=int(op["min_area_px"]),
+        head_threshold=op["head_threshold"],
+        verdict_rule=op["verdict_rule"],
+        head_mask_threshold=op["head_mask_threshold"],
+        screen_threshold=op["screen_threshold"],
+        gate_sensitivity=None,
+        tune_operating_point=False,
+    )
+
+
+def _calibration(cfg_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "on": "pooled out-of-fold predictions of the cross-validation members",
+        "policy": summary["policy"],
+        "cv": str(cfg_dir),
+        "pooled": summary["pooled"],
+    }
+
+
+def recalibrate(model_dir: Path, cfg_dir: Path, policy: str | None = None) -> dict[str, Any]:
+    """Choose an assembled fold-ensemble bundle's operating point again from its folds'
+    out-of-fold rows (e.g. under a new verdict rule): ``pipeline.json`` and
+    ``cv_summary.json`` are rewritten, the weights are not touched. The folds must be the
+    bundle's own (same configuration name and folds)."""
+    model_dir = Path(model_dir)
+    body = json.loads((model_dir / "pipeline.json").read_text())
+    made_from = Path(body.get("calibration", {}).get("cv", "")).name
+    if made_from != Path(cfg_dir).name:
+        raise ValueError(f"{model_dir}: assembled from {made_from or 'unknown folds'!r}, not {Path(cfg_dir).name!r}")
+    folds = load_member_folds(cfg_dir)
+    if sorted(f["fold"] for f in folds) != sorted(body.get("ensemble", {}).get("folds", [])):
+        raise ValueError(f"{cfg_dir}: its folds are not the bundle's members ({body.get('ensemble', {}).get('folds')})")
+    summary = summarize_members(cfg_dir, policy)
+    config = from_dict(RunConfig, folds[0]["config"])
+    body["pipeline"] = to_dict(_chosen_pipeline(config, summary))
+    body["calibration"] = _calibration(cfg_dir, summary)
+    save_json(body, model_dir / "pipeline.json")
+    atomic_write_text(model_dir / "cv_summary.json", json.dumps(summary, indent=1) + "\n")
+    return summary
 
 
 def _commit() -> str:

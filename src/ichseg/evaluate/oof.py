@@ -28,7 +28,7 @@ from ichseg.data.ctich import SliceRecord
 from ichseg.data.normalize import intracranial_masks, normalize_for
 from ichseg.evaluate.metrics import scan_metrics, slice_metrics
 from ichseg.infer.pipeline import segment_with_heads
-from ichseg.infer.postprocess import component_table, resize_mask_nearest
+from ichseg.infer.postprocess import component_table, fuse_verdict, mask_thresholds, resize_mask_nearest
 
 MASK_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MIN_AREAS_PX_512 = (5, 10, 20, 40, 80, 160, 320)
@@ -126,16 +126,20 @@ def slice_outcomes(
     min_area_px: int,
     head_threshold: float | None,
     intracranial: bool = True,
+    rule: str = "fused",
+    head_mask_threshold: float | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per slice at one operating point: verdict, kept area and overlap (px at 512×512)."""
+    """Per slice at one operating point: verdict, kept area and overlap (px at 512×512).
+    ``rule`` and ``head_mask_threshold`` as in :class:`ichseg.config.PipelineConfig`
+    ("outlined": only a kept blob calls a slice; the head lowers the mask threshold to
+    ``head_mask_threshold`` on the slices it flags)."""
     key = "components" if intracranial else "components_no_intracranial"
-    t = str(mask_threshold)
-    area = np.array([sum(c[0] for c in r[key][t] if c[0] >= min_area_px) for r in rows], np.int64)
-    inter = np.array([sum(c[1] for c in r[key][t] if c[0] >= min_area_px) for r in rows], np.int64)
     head = np.array([r["heads"].get("hemorrhage", 0.0) for r in rows]) if rows and rows[0]["heads"] else None
-    verdict = area > 0
-    if head_threshold is not None and head is not None:
-        verdict |= head >= head_threshold
+    t = mask_thresholds(head, len(rows), mask_threshold, head_threshold, head_mask_threshold, rule)
+    comps = [r[key][str(float(tk))] for r, tk in zip(rows, t, strict=True)]
+    area = np.array([sum(c[0] for c in cs if c[0] >= min_area_px) for cs in comps], np.int64)
+    inter = np.array([sum(c[1] for c in cs if c[0] >= min_area_px) for cs in comps], np.int64)
+    verdict = fuse_verdict(area, head, head_threshold, rule)
     return {"verdict": verdict, "area": area, "inter": inter}
 
 
@@ -145,16 +149,21 @@ def metrics_at(
     min_area_px: int,
     head_threshold: float | None,
     intracranial: bool = True,
+    rule: str = "fused",
+    head_mask_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Slice, scan and pixel metrics of ``rows`` at one operating point, plus the false-
     positive pixels per normal patient (the stress test's count)."""
-    o = slice_outcomes(rows, mask_threshold, min_area_px, head_threshold, intracranial)
+    o = slice_outcomes(rows, mask_threshold, min_area_px, head_threshold, intracranial, rule, head_mask_threshold)
     truth = np.array([bool(r["hemorrhage"]) for r in rows])
     true_area = np.array([r["true_area_px_512"] for r in rows], np.int64)
     pids = [r["patient_id"] for r in rows]
     inter, pred, true = int(o["inter"].sum()), int(o["area"].sum()), int(true_area.sum())
-    normal = sorted({p for p in pids} - {p for p, t in zip(pids, truth, strict=True) if t})
-    fp_normal = [int(o["area"][[p == q for q in pids]].sum()) for p in normal]
+    names, code = np.unique(np.array(pids, dtype=str), return_inverse=True)
+    bleeding = np.bincount(code, weights=truth, minlength=len(names)) > 0
+    area_by_patient = np.bincount(code, weights=o["area"], minlength=len(names))
+    normal = names[~bleeding].tolist()
+    fp_normal = area_by_patient[~bleeding]
     return {
         "slice": slice_metrics(o["verdict"], truth),
         "scan": scan_metrics(pids, o["verdict"], truth),
@@ -165,9 +174,22 @@ def metrics_at(
             "pixels_predicted": pred,
             "pixels_intersection": inter,
         },
-        "fp_px_per_normal_patient": float(np.mean(fp_normal)) if fp_normal else None,
+        "fp_px_per_normal_patient": float(np.mean(fp_normal)) if len(fp_normal) else None,
         "normal_patients": len(normal),
     }
+
+
+def point_rule(point: dict[str, Any]) -> tuple[float, int, float | None, bool, str, float | None]:
+    """The positional arguments of :func:`metrics_at` for a grid point or a stored
+    operating point (points made before the "outlined" rule existed are "fused")."""
+    return (
+        float(point["mask_threshold"]),
+        int(point["min_area_px"]),
+        point["head_threshold"],
+        True,
+        point.get("verdict_rule", "fused"),
+        point.get("head_mask_threshold"),
+    )
 
 
 def _f_beta(s: dict[str, Any], beta: float) -> float:
@@ -177,12 +199,20 @@ def _f_beta(s: dict[str, Any], beta: float) -> float:
     return (1 + b2) * tp / den if den and tp else 0.0
 
 
-def grid(rows: Sequence[dict[str, Any]], intracranial: bool = True) -> list[dict[str, Any]]:
-    """Metrics at every (mask threshold, min area, head threshold) of the grid."""
+def grid(rows: Sequence[dict[str, Any]], intracranial: bool = True, rule: str = "fused") -> list[dict[str, Any]]:
+    """Metrics at every point of the grid: (mask threshold, min area, head threshold) and,
+    for the "outlined" rule, every lower mask threshold on the slices the head flags."""
     out = []
     for t, a, h in itertools.product(MASK_THRESHOLDS, MIN_AREAS_PX_512, HEAD_THRESHOLDS):
-        m = metrics_at(rows, t, a, h, intracranial)
-        out.append({"mask_threshold": t, "min_area_px": a, "head_threshold": h, **m})
+        lows: tuple[float | None, ...] = (None,)
+        if rule == "outlined" and h is not None:
+            lows = tuple(x for x in MASK_THRESHOLDS if x <= t)
+        for low in lows:
+            m = metrics_at(rows, t, a, h, intracranial, rule, low)
+            point = {"mask_threshold": t, "min_area_px": a, "head_threshold": h}
+            if rule == "outlined":
+                point |= {"verdict_rule": rule, "head_mask_threshold": low}
+            out.append({**point, **m})
     return out
 
 
@@ -205,14 +235,17 @@ def choose(points: list[dict[str, Any]], policy: str = DEFAULT_POLICY) -> dict[s
 
 
 def operating_point(point: dict[str, Any], base: PipelineConfig) -> PipelineConfig:
-    """``base`` with a chosen grid point's thresholds."""
+    """``base`` with a chosen grid point's thresholds and verdict rule."""
     import dataclasses
 
+    low = point.get("head_mask_threshold")
     return dataclasses.replace(
         base,
         mask_threshold=float(point["mask_threshold"]),
         min_area_px=int(point["min_area_px"]),
         head_threshold=None if point["head_threshold"] is None else float(point["head_threshold"]),
+        verdict_rule=point.get("verdict_rule", "fused"),
+        head_mask_threshold=None if low is None else float(low),
     )
 
 
@@ -238,7 +271,8 @@ def screen_threshold(rows: Sequence[dict[str, Any]], sensitivity: float = 0.995)
 
 def bootstrap_rows(rows: Sequence[dict[str, Any]], point: dict[str, Any], intracranial: bool = True) -> list[dict[str, Any]]:
     """Per-slice rows in the form :func:`ichseg.evaluate.bootstrap.bootstrap_ci` reads."""
-    o = slice_outcomes(rows, point["mask_threshold"], point["min_area_px"], point["head_threshold"], intracranial)
+    t, a, h, _, rule, low = point_rule(point)
+    o = slice_outcomes(rows, t, a, h, intracranial, rule, low)
     return [
         {
             "patient_id": r["patient_id"],
@@ -257,7 +291,7 @@ def patient_costs(rows: Sequence[dict[str, Any]], point: dict[str, Any]) -> list
     """Per patient at one point: true, false-positive and false-negative pixels, slice
     counts, and how much global Dice the pool would gain if this patient were perfect
     (the ranking of "who costs the most Dice")."""
-    o = slice_outcomes(rows, point["mask_threshold"], point["min_area_px"], point["head_threshold"])
+    o = slice_outcomes(rows, *point_rule(point))
     pids = np.array([r["patient_id"] for r in rows])
     true_area = np.array([r["true_area_px_512"] for r in rows], np.int64)
     truth = np.array([bool(r["hemorrhage"]) for r in rows])
@@ -309,7 +343,7 @@ def recall_by_group(rows: Sequence[dict[str, Any]], point: dict[str, Any]) -> di
     Empty-ground-truth policy: normal slices are in no group."""
     from ichseg.data.ctich import SUBTYPES
 
-    o = slice_outcomes(rows, point["mask_threshold"], point["min_area_px"], point["head_threshold"])
+    o = slice_outcomes(rows, *point_rule(point))
     pos = np.array([bool(r["hemorrhage"]) for r in rows])
     true_area = np.array([r["true_area_px_512"] for r in rows], np.int64)
     pids = np.array([r["patient_id"] for r in rows])

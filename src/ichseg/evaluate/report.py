@@ -154,7 +154,8 @@ def evaluate_records(
         if single:
             assert head_p is not None
             heads_prob[sl] = head_p
-        masks = masks_from_probs(probs, cfg, inside=inside)
+        head_sl = cls_prob[sl] if single else None  # the fused rule's head lowers the threshold under "outlined"
+        masks = masks_from_probs(probs, cfg, inside=inside, head=head_sl)
         areas[sl] = masks.reshape(len(part), -1).sum(1)
         pmax[sl] = probs.reshape(len(part), -1).max(1)
         true_areas[sl] = truth.reshape(len(part), -1).sum(1)
@@ -164,7 +165,7 @@ def evaluate_records(
             grid_parts.append(threshold_stats([(probs, truth)]))
         other = {t: segment(bundle.unet, unet_in[sl], ev, tta_flip=t) for t in alt_probs_needed}
         for name, alt in alternatives.items():
-            m = masks_from_probs(other.get(alt.tta_flip, probs), alt, inside=inside)
+            m = masks_from_probs(other.get(alt.tta_flip, probs), alt, inside=inside, head=head_sl)
             alt_area[name][sl] = m.reshape(len(part), -1).sum(1)
             alt_acc[name].add(m & _verdict(single, cls_prob[sl], alt_area[name][sl], alt)[:, None, None], truth)
         acc_unet.add(masks, truth)
@@ -249,7 +250,7 @@ def evaluate_records(
 def _verdict(single: bool, cls_prob: np.ndarray, areas: np.ndarray, cfg: PipelineConfig) -> np.ndarray:
     """Slice verdicts: fused mask-or-head for a single network, classifier-gated otherwise."""
     if single:
-        return fuse_verdict(areas, cls_prob, cfg.head_threshold)
+        return fuse_verdict(areas, cls_prob, cfg.head_threshold, cfg.verdict_rule)
     return pipeline_verdict(cls_prob, areas > 0, cfg)
 
 

@@ -201,7 +201,7 @@ def run_stress(
 
     from ichseg.crossval import rows_of
     from ichseg.ensemble import load_member_folds, summarize_members
-    from ichseg.evaluate.oof import metrics_at
+    from ichseg.evaluate.oof import metrics_at, point_rule
     from ichseg.workflow import hardware
 
     members = load_member_folds(cfg_dir)
@@ -209,7 +209,9 @@ def run_stress(
         return None  # the operating point needs every fold
     summary = summarize_members(cfg_dir, policy)
     op = summary["operating_point"]
-    t, a, h = op["mask_threshold"], op["min_area_px"], op["head_threshold"]
+    at = point_rule(op)
+    t = at[0]
+    thresholds = tuple(sorted({t} | ({at[5]} if at[5] is not None else set())))
     for f in members:
         if folds is None or f["fold"] in folds:
             stress_fold(
@@ -218,21 +220,21 @@ def run_stress(
                 data_dir,
                 f["fold"],
                 out_dir,
-                thresholds=(t,),
+                thresholds=thresholds,
                 expected_size_px=expected_size_px,
                 skip_bad=skip_bad,
             )
     cached = sorted(Path(out_dir).glob("fold*.json"))
-    if len(cached) < members[0]["folds"] or any(json.loads(c.read_text())["thresholds"] != [t] for c in cached):
+    if len(cached) < members[0]["folds"] or any(json.loads(c.read_text())["thresholds"] != list(thresholds) for c in cached):
         return None
     pooled: dict[str, list[dict[str, Any]]] = {}
     for path in cached:
         for key, cols in json.loads(path.read_text())["conditions"].items():
             pooled.setdefault(key, []).extend(rows_of(cols))
-    base = metrics_at(pooled["none|none"], t, a, h)
+    base = metrics_at(pooled["none|none"], *at)
     table = []
     for name, label, _ in CONDITIONS:
-        m = metrics_at(pooled[f"{name}|{label}"], t, a, h)
+        m = metrics_at(pooled[f"{name}|{label}"], *at)
         dice = m["pixel"]["dice_global"]
         table.append(
             {

@@ -27,7 +27,7 @@ from ichseg.config import (
     load_json,
     load_model_config,
 )
-from ichseg.infer.postprocess import keep_components
+from ichseg.infer.postprocess import keep_components, mask_thresholds
 from ichseg.infer.runtimes import GRAPH_RUNTIMES, Network, TorchNetwork, as_network, onnx_is_current, runtime_available
 
 log = logging.getLogger(__name__)
@@ -297,13 +297,22 @@ def segment_bundle(
 
 
 def masks_from_probs(
-    probs: np.ndarray, config: PipelineConfig, area_scale: float = 1.0, inside: np.ndarray | None = None
+    probs: np.ndarray,
+    config: PipelineConfig,
+    area_scale: float = 1.0,
+    inside: np.ndarray | None = None,
+    head: np.ndarray | None = None,
 ) -> np.ndarray:
     """Threshold probability maps (N, H, W); specks below ``min_area_px`` (given at 512×512,
     scaled by ``area_scale`` for other sizes) are removed: whole masks with
     ``speck_removal="slice"``, each connected blob with "component". With
-    ``config.intracranial`` and ``inside`` (N, H, W) bool, nothing outside it is kept."""
-    masks = probs >= config.mask_threshold
+    ``config.intracranial`` and ``inside`` (N, H, W) bool, nothing outside it is kept.
+    ``head`` (N,): the hemorrhage head, which under ``verdict_rule="outlined"`` lowers the
+    threshold of the slices it flags (:func:`ichseg.infer.postprocess.mask_thresholds`)."""
+    t = mask_thresholds(
+        head, len(probs), config.mask_threshold, config.head_threshold, config.head_mask_threshold, config.verdict_rule
+    )
+    masks = probs >= t[:, None, None].astype(probs.dtype)
     if config.intracranial and inside is not None:
         masks &= inside
     if config.speck_removal == "component":

@@ -8,9 +8,13 @@ The rule (``PipelineConfig`` with ``speck_removal="component"``):
    skull is blood);
 2. connected components (8-connectivity) smaller than ``min_area_px`` pixels at 512×512
    are removed one by one, so a speck beside a real bleed goes and the bleed stays;
-3. a slice is called positive when anything is left, **or** when the network's slice
-   head says ``hemorrhage >= head_threshold`` (a confident head is not vetoed by an
-   unsure outline, nor the outline by an unsure head).
+3. ``verdict_rule="fused"``: a slice is called positive when anything is left, **or**
+   when the network's slice head says ``hemorrhage >= head_threshold`` (a confident head
+   is not vetoed by an unsure outline, nor the outline by an unsure head);
+   ``verdict_rule="outlined"``: a slice is positive only when something is left, so no
+   verdict says "blood" with nothing drawn; the head instead lowers the mask threshold to
+   ``head_mask_threshold`` on the slices it flags, and a flagged slice with no blob even
+   then is listed for review (:func:`review_flags`).
 """
 
 from __future__ import annotations
@@ -54,10 +58,45 @@ def component_table(mask: np.ndarray, truth: np.ndarray | None = None) -> list[l
     ]
 
 
-def fuse_verdict(mask_area_px: np.ndarray, head_probability: np.ndarray | None, head_threshold: float | None) -> np.ndarray:
+VERDICT_RULES = ("fused", "outlined")
+
+
+def fuse_verdict(
+    mask_area_px: np.ndarray, head_probability: np.ndarray | None, head_threshold: float | None, rule: str = "fused"
+) -> np.ndarray:
     """Slice verdicts (N,) from what is left of each mask and, if given, the slice head:
-    positive when the mask is non-empty or the head is at least ``head_threshold``."""
+    "fused": positive when the mask is non-empty or the head is at least
+    ``head_threshold``; "outlined": positive when the mask is non-empty."""
+    if rule not in VERDICT_RULES:
+        raise ValueError(f"unknown verdict_rule {rule!r} ({', '.join(VERDICT_RULES)})")
     verdict = np.asarray(mask_area_px) > 0
-    if head_threshold is not None and head_probability is not None:
+    if rule == "fused" and head_threshold is not None and head_probability is not None:
         verdict = verdict | (np.asarray(head_probability) >= head_threshold)
     return verdict
+
+
+def mask_thresholds(
+    head_probability: np.ndarray | None,
+    n: int,
+    mask_threshold: float,
+    head_threshold: float | None,
+    head_mask_threshold: float | None,
+    rule: str,
+) -> np.ndarray:
+    """(N,) the mask threshold of each slice: ``mask_threshold``, or under "outlined" the
+    lower ``head_mask_threshold`` where the head reaches ``head_threshold``."""
+    out = np.full(n, float(mask_threshold))
+    if rule == "outlined" and head_threshold is not None and head_mask_threshold is not None and head_probability is not None:
+        out[np.asarray(head_probability) >= head_threshold] = float(head_mask_threshold)
+    return out
+
+
+def review_flags(
+    mask_area_px: np.ndarray, head_probability: np.ndarray | None, head_threshold: float | None, rule: str
+) -> np.ndarray:
+    """(N,) slices the head flags but nothing is outlined on, under "outlined" (under
+    "fused" those are positive slices, so none is for review)."""
+    area = np.asarray(mask_area_px)
+    if rule != "outlined" or head_threshold is None or head_probability is None:
+        return np.zeros(len(area), bool)
+    return (np.asarray(head_probability) >= head_threshold) & (area == 0)

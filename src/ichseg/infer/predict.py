@@ -133,6 +133,7 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
     masks = dict(enumerate(pred.masks))
     heads_prob = np.stack([pred.heads[h] for h in bundle.heads], 1)
     pmax, verdicts, ensembled = pred.max_probability, pred.verdict, pred.segmented
+    review = pred.review if len(pred.review) else np.zeros(len(slices), bool)
     cls_prob = heads_prob[:, 0]
     rows: list[dict[str, Any]] = []
     # PNG encoding releases the GIL: two writer threads halve the time a study spends writing
@@ -159,6 +160,7 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
                 "area_px": area,
                 "image_size_px": f"{src.shape[1]}x{src.shape[0]}",
                 "hemorrhage": verdict,
+                "review": int(review[i]),
             }
         )
 
@@ -172,6 +174,7 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
         "slices": len(rows),
         "positive_slices": sum(r["hemorrhage"] for r in rows),
         "study_hemorrhage": int(any(r["hemorrhage"] for r in rows)),
+        "review_slices": [r["slice"] for r in rows if r["review"]],
         "model": str(bundle.path),
         "runtime": bundle.meta.get("runtime", "torch"),
         "precision": bundle.meta.get("precision", "fp32"),
@@ -182,6 +185,8 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
             "mask_threshold": cfg.mask_threshold,
             "min_area_px_at_512": cfg.min_area_px,
             "head_threshold": cfg.head_threshold,
+            "verdict_rule": cfg.verdict_rule,
+            "head_mask_threshold": cfg.head_mask_threshold,
             "speck_removal": cfg.speck_removal,
             "intracranial": cfg.intracranial,
         },

@@ -25,7 +25,7 @@ from ichseg.data.cache import resize_image_u8
 from ichseg.data.context import with_context
 from ichseg.data.normalize import intracranial_masks, normalize_studies
 from ichseg.infer.pipeline import Bundle, classify, masks_from_probs, segment_bundle, segment_with_heads
-from ichseg.infer.postprocess import fuse_verdict, resize_mask_nearest
+from ichseg.infer.postprocess import fuse_verdict, resize_mask_nearest, review_flags
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ class StudyPrediction:
     intensity_offset: float = 0.0  # grey levels the brain window was shifted by (normalisation)
     # (N,) slices the whole ensemble ran on (all of them unless a screening member ran first)
     segmented: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    # (N,) slices the slice head flags with nothing outlined (verdict_rule "outlined"):
+    # for a reader to look at, never a positive verdict
+    review: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     @property
     def slice_probability(self) -> np.ndarray:
@@ -102,18 +105,21 @@ def predict_windows(
             probs_small[ensembled] = segment_with_heads(bundle.unet, x[ensembled], size, tta_flip=pipe.tta_flip)[0]
     else:
         probs_small, heads, ensembled = segment_bundle(bundle, x, size)
+    assert heads is not None  # single-network bundles always have heads (load_bundle checks)
     masks, maxp = [], np.zeros(len(brain), np.float32)
     for i, src in enumerate(brain):
         shape = src.shape[:2]
         p = probs_small[i] if shape == (size, size) else cv2.resize(probs_small[i], shape[::-1], interpolation=cv2.INTER_LINEAR)
         inside = resize_mask_nearest(inside_small[i], shape)
-        masks.append(masks_from_probs(p[None], pipe, shape[0] * shape[1] / pipe.eval_size_px**2, inside[None])[0])
+        area_scale = shape[0] * shape[1] / pipe.eval_size_px**2
+        masks.append(masks_from_probs(p[None], pipe, area_scale, inside[None], head=heads[i : i + 1, 0])[0])
         maxp[i] = float((p * inside).max())
-    assert heads is not None  # single-network bundles always have heads (load_bundle checks)
     head_probs = {h: heads[:, k] for k, h in enumerate(bundle.heads)}
     areas = np.array([m.sum() for m in masks])
+    review = np.zeros(len(brain), bool)
     if bundle.classifier is not None:
         verdict = ensembled & (areas > 0)
     else:
-        verdict = fuse_verdict(areas, head_probs["hemorrhage"], pipe.head_threshold)
-    return StudyPrediction(masks, verdict, head_probs, maxp, offset, ensembled)
+        verdict = fuse_verdict(areas, head_probs["hemorrhage"], pipe.head_threshold, pipe.verdict_rule)
+        review = review_flags(areas, head_probs["hemorrhage"], pipe.head_threshold, pipe.verdict_rule)
+    return StudyPrediction(masks, verdict, head_probs, maxp, offset, ensembled, review)

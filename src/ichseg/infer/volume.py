@@ -128,7 +128,13 @@ def predict_volume(bundle: Bundle, volume: Volume, out_dir: Path, *, pdf: bool =
     if slabs_info is not None:
         pred = thin_prediction(pred, slab)
     masks = np.stack([from_frame(m, frame) for m in pred.masks])
-    found = lesions(masks, volume.spacing_mm, pred.heads, index_to_world_mm=_index_to_world(volume, dicom))
+    found = lesions(
+        masks,
+        volume.spacing_mm,
+        pred.heads,
+        index_to_world_mm=_index_to_world(volume, dicom),
+        slice_thickness_mm=volume.slice_extents_mm(),
+    )
     total = total_volume_ml(found)
     n = len(masks)
     names = [f"{k + 1:04d}" for k in range(n)]
@@ -144,6 +150,7 @@ def predict_volume(bundle: Bundle, volume: Volume, out_dir: Path, *, pdf: bool =
             "area_px": int(masks[k].sum()),
             "area_mm2": round(float(masks[k].sum() * volume.spacing_mm[1] * volume.spacing_mm[2]), 2),
             "hemorrhage": int(pred.verdict[k]),
+            "review": int(bool(len(pred.review) and pred.review[k])),
         }
         for k in range(n)
     ]
@@ -170,6 +177,8 @@ def predict_volume(bundle: Bundle, volume: Volume, out_dir: Path, *, pdf: bool =
         "coordinates": "DICOM patient LPS mm" if dicom else "RAS+ mm (NIfTI world)",
         "slices": n,
         "positive_slices": [k + 1 for k in range(n) if pred.verdict[k]],
+        # the slice head suspects blood here but nothing is outlined: for a reader to check
+        "review_slices": [k + 1 for k in range(n) if len(pred.review) and pred.review[k]],
         "spacing_mm": list(volume.spacing_mm),
         "slabs": slabs_info,
         "model": str(bundle.path),
@@ -180,6 +189,8 @@ def predict_volume(bundle: Bundle, volume: Volume, out_dir: Path, *, pdf: bool =
             "mask_threshold": bundle.pipeline.mask_threshold,
             "min_area_px_at_512": bundle.pipeline.min_area_px,
             "head_threshold": bundle.pipeline.head_threshold,
+            "verdict_rule": bundle.pipeline.verdict_rule,
+            "head_mask_threshold": bundle.pipeline.head_mask_threshold,
         },
         "preprocessing": {
             "windows": "HU windowed with the estimated CT-ICH brain and bone windows (ichseg.data.windows)",
@@ -206,6 +217,7 @@ def thin_prediction(pred: StudyPrediction, slab: np.ndarray) -> StudyPrediction:
         heads={h: p[slab] for h, p in pred.heads.items()},
         max_probability=pred.max_probability[slab],
         segmented=pred.segmented[slab] if len(pred.segmented) else pred.segmented,
+        review=pred.review[slab] if len(pred.review) else pred.review,
     )
 
 

@@ -5,7 +5,7 @@ DICOMDIR, the scout (localizer) images, dose reports, other series of the same s
 sometimes a file that was cut short in the copy. :func:`read_dicom_series` walks the
 folder, picks the axial CT series (or the one asked for), and refuses with a one-line
 error naming the file whenever the volume would be wrong rather than merely incomplete:
-a missing slice, mixed spacing or sizes, a truncated slice. Anything that is not part of
+a missing slice, mixed sizes, a truncated slice (a change of slice spacing is read). Anything that is not part of
 the series is skipped with a warning that names it.
 
 Policy for broken files: a file whose header cannot be read far enough to know its series
@@ -38,9 +38,13 @@ log = logging.getLogger(__name__)
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 GAP_FACTOR = 1.5
-"""A step between consecutive slice positions above this × the median step is a missing slice."""
+"""A step between consecutive slice positions above this × both neighbouring steps (the
+one neighbour at either end) is a missing slice. A change of spacing (e.g. 4 mm through
+the posterior fossa, 7 mm above, a common sequential head protocol) is not: the step after
+the change is as large as the change."""
 SPACING_TOLERANCE = 0.05
-"""Steps that differ from the median by more than this fraction (and by 0.01 mm) are mixed spacing."""
+"""Steps that differ from the median by more than this fraction (and by 0.01 mm) make the
+series one of variable spacing: read, with each slice's own position kept."""
 ORIENTATION_TOLERANCE = 1e-3
 """Largest difference between direction cosines still counted as the same orientation."""
 
@@ -292,22 +296,38 @@ def _check_series(folder: Path, series: list[_Header]) -> tuple[list[_Header], n
                 f"{series[i + 1].path}: same slice position ({z[i]:.3f} mm along the normal) as {series[i].path} "
                 "(two acquisitions or duplicate slices in one series)"
             )
-        median = float(np.median(steps))
-        gaps = np.flatnonzero(steps > GAP_FACTOR * median)
-        if len(gaps):
-            i = int(gaps[0])
+        i = first_gap(steps)
+        if i is not None:
+            near = [float(steps[j]) for j in (i - 1, i + 1) if 0 <= j < len(steps)]
             raise DicomError(
                 f"{folder}: missing slice(s) between {series[i].path.name} and {series[i + 1].path.name}: their positions are "
-                f"{steps[i]:.2f} mm apart, the median step is {median:.2f} mm"
-            )
-        odd = np.flatnonzero(np.abs(steps - median) > max(0.01, SPACING_TOLERANCE * median))
-        if len(odd):
-            i = int(odd[0])
-            raise DicomError(
-                f"{folder}: mixed slice spacing: {series[i].path.name} → {series[i + 1].path.name} is {steps[i]:.2f} mm, "
-                f"the median step is {median:.2f} mm"
+                f"{steps[i]:.2f} mm apart, the steps beside it {' and '.join(f'{v:.2f}' for v in near) or 'none'} mm"
             )
     return series, z, normal
+
+
+def first_gap(steps: np.ndarray) -> int | None:
+    """The index of the first step (between slice i and i + 1) that is a missing slice:
+    more than ``GAP_FACTOR`` × each neighbouring step; None when there is none. With a
+    single step there is nothing to compare and no gap can be told."""
+    steps = np.asarray(steps, np.float64)
+    for i in range(len(steps)):
+        near = [steps[j] for j in (i - 1, i + 1) if 0 <= j < len(steps)]
+        if near and steps[i] > GAP_FACTOR * max(near):
+            return i
+    return None
+
+
+def spacing_runs(steps: np.ndarray) -> list[tuple[float, int]]:
+    """Consecutive runs of about equal steps as (step mm, count): e.g. [(4.0, 14), (7.0, 12)]."""
+    runs: list[tuple[float, int]] = []
+    for st in np.asarray(steps, np.float64):
+        if runs and abs(st - runs[-1][0]) <= max(0.01, SPACING_TOLERANCE * runs[-1][0]):
+            v, n = runs[-1]
+            runs[-1] = ((v * n + st) / (n + 1), n + 1)
+        else:
+            runs.append((float(st), 1))
+    return runs
 
 
 def _read_pixels(h: _Header) -> tuple[np.ndarray, Any]:
@@ -355,9 +375,11 @@ def read_dicom_series(folder: Path | str, series_uid: str | None = None) -> Volu
     projected on the slice normal (row × column direction of ImageOrientationPatient),
     not by file name or InstanceNumber; HU = stored value × RescaleSlope + RescaleIntercept
     (or the Modality LUT). Raises :class:`DicomError` (a ValueError) naming the file or
-    folder for: no folder, no DICOM, no CT; a missing slice (a step > 1.5 × the median),
-    mixed slice spacing, sizes, orientations or pixel spacings; a truncated slice;
-    undecodable pixel data.
+    folder for: no folder, no DICOM, no CT; a missing slice (a step > 1.5 × the steps
+    beside it: :func:`first_gap`); mixed sizes, orientations or pixel spacings; a truncated
+    slice; undecodable pixel data. Variable slice spacing is read (a 2-D model needs no
+    uniform grid), with each slice's position in ``extra["slice_positions_mm"]``; a gantry
+    tilt is read in each slice's own plane, with a sheared affine.
     """
     folder = Path(folder)
     if not folder.exists():
@@ -382,9 +404,19 @@ def read_dicom_series(folder: Path | str, series_uid: str | None = None) -> Volu
         datasets.append(ds)
     first = series[0]
     n = len(series)
+    extra: dict[str, Any] = {}
     if n > 1:
         step = (series[-1].position - first.position) / (n - 1)
         slice_spacing = float(np.median(np.diff(z)))
+        runs = spacing_runs(np.diff(z))
+        if len(runs) > 1:  # e.g. 4 mm then 7 mm: each slice keeps its own position and extent
+            extra["slice_positions_mm"] = [float(v) for v in z - z[0]]
+            log.warning(
+                "%s: variable slice spacing (%s); each slice's own position and extent are used for volumes, "
+                "mask.nii.gz has the mean step",
+                folder,
+                ", ".join(f"{n_} steps of {v:.2f} mm" for v, n_ in runs),
+            )
         tilt = np.degrees(np.arccos(np.clip(abs(step @ normal) / np.linalg.norm(step), -1, 1)))
         if tilt > 0.5:
             log.warning("%s: slices step %.1f° off their normal (gantry tilt); the affine is sheared to match", folder, tilt)
@@ -412,6 +444,7 @@ def read_dicom_series(folder: Path | str, series_uid: str | None = None) -> Volu
         study_description=str(ds0.get("StudyDescription", "") or "") or None,
         series_description=str(ds0.get("SeriesDescription", "") or "") or None,
         modality=first.modality,
+        extra=extra,
     )
     log.info("%s: series %s, %s", folder, first.series_uid, vol.describe())
     return vol

@@ -157,6 +157,19 @@ class Volume:
             return np.asarray(given, np.float64)
         return np.arange(self.shape[0], dtype=np.float64) * self.spacing_mm[0]
 
+    def slice_extents_mm(self) -> np.ndarray:
+        """(N,) how much of the scan each slice stands for along the normal: half the step to
+        each neighbour (the end slices: their one step, as if continued). For a uniform
+        series every extent is the spacing; with two spacings the slices at the change get
+        the mean of theirs, and the extents add up to the scanned length."""
+        z = self.slice_positions_mm()
+        if len(z) < 2:
+            return np.full(len(z), self.spacing_mm[0])
+        steps = np.diff(z)
+        before = np.concatenate([[steps[0]], steps])
+        after = np.concatenate([steps, [steps[-1]]])
+        return (before + after) / 2
+
     def voxel_to_ras(self, ijk: np.ndarray) -> np.ndarray:
         """(..., 3) voxel indices (c, r, k) → (..., 3) RAS+ mm."""
         ijk = np.asarray(ijk, np.float64)

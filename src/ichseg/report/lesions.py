@@ -208,7 +208,7 @@ def ab_diameters_mm(slice_mask: np.ndarray, row_col_spacing_mm: Sequence[float])
     return a_mm, min(b_mm, a_mm)
 
 
-def abc2(lesion_mask: np.ndarray, spacing_mm: Sequence[float]) -> Abc2Estimate:
+def abc2(lesion_mask: np.ndarray, spacing_mm: Sequence[float], slice_thickness_mm: np.ndarray | None = None) -> Abc2Estimate:
     """The bedside ABC/2 volume estimate of ONE hemorrhage, exactly as Kothari et al. define it.
 
     Kothari RU, Brott T, Broderick JP, et al. "The ABCs of measuring intracerebral
@@ -222,6 +222,9 @@ def abc2(lesion_mask: np.ndarray, spacing_mm: Sequence[float]) -> Abc2Estimate:
       spacing between slices (``spacing_mm[0]``) stands in for the thickness, which is
       the same for the contiguous, non-overlapping axial slices the formula assumes;
     - volume = A·B·C / 2 with A, B, C in cm, giving cm³ = mL.
+
+    ``slice_thickness_mm`` (one value per slice of ``lesion_mask``) replaces the uniform
+    spacing in C for a series whose spacing changes: each counted slice adds its own.
 
     Why report it next to the voxel volume: ABC/2 is what clinicians compute at the bedside
     and what the trials' thresholds (e.g. 30 mL) were measured with; it approximates an
@@ -237,7 +240,7 @@ def abc2(lesion_mask: np.ndarray, spacing_mm: Sequence[float]) -> Abc2Estimate:
     weights = np.where(fraction >= ABC2_FULL_SLICE_FRACTION, 1.0, np.where(fraction >= ABC2_HALF_SLICE_FRACTION, 0.5, 0.0))
     weights[areas_px == 0] = 0.0
     weighted = float(weights.sum())
-    c_mm = weighted * sz
+    c_mm = weighted * sz if slice_thickness_mm is None else float((weights * np.asarray(slice_thickness_mm, float)).sum())
     a_mm, b_mm = ab_diameters_mm(lesion_mask[largest], (sy, sx))
     vol = (a_mm / 10.0) * (b_mm / 10.0) * (c_mm / 10.0) / 2.0
     return Abc2Estimate(a_mm, b_mm, c_mm, weighted, largest, vol)
@@ -268,6 +271,7 @@ def lesions(
     slice_probs: Mapping[str, np.ndarray] | None = None,
     *,
     index_to_world_mm: np.ndarray | None = None,
+    slice_thickness_mm: np.ndarray | None = None,
 ) -> list[Lesion]:
     """The mask's 3-D connected lesions, largest first (``label`` 1 = largest).
 
@@ -280,6 +284,9 @@ def lesions(
     index_to_world_mm: optional 4×4 affine taking (slice, row, column, 1) voxel indices to
         world coordinates in mm (for DICOM: patient LPS x, y, z; see
         ``ichseg.io.dicom_seg.index_to_patient_affine``). Only the centroid uses it.
+    slice_thickness_mm: optional (N,) extent of each slice along the normal
+        (:meth:`ichseg.io.volume.Volume.slice_extents_mm`), for a series whose spacing
+        changes: each voxel's depth is its own slice's, in the volume and in ABC/2's C.
     """
     spacing = _check_spacing(spacing_mm)
     mask = np.asarray(mask, dtype=bool)
@@ -292,7 +299,9 @@ def lesions(
             raise ValueError(f"index_to_world_mm must be 4×4, got {index_to_world_mm.shape}")
     n = mask.shape[0]
     sz, sy, sx = spacing
-    vox_mm3 = sz * sy * sx
+    depth = np.full(n, sz) if slice_thickness_mm is None else np.asarray(slice_thickness_mm, np.float64)
+    if depth.shape != (n,) or not np.all(depth > 0):
+        raise ValueError(f"slice_thickness_mm must be {n} positive numbers, got shape {depth.shape}")
     z, y, x = np.nonzero(labels)
     lab = labels[z, y, x]
     order = np.argsort(lab, kind="stable")
@@ -305,7 +314,7 @@ def lesions(
         z0, z1, y0, y1, x0, x1 = zi.min(), zi.max(), yi.min(), yi.max(), xi.min(), xi.max()
         sub = np.zeros((z1 - z0 + 1, y1 - y0 + 1, x1 - x0 + 1), bool)
         sub[zi - z0, yi - y0, xi - x0] = True
-        est = abc2(sub, spacing)
+        est = abc2(sub, spacing, depth[z0 : z1 + 1])
         per_slice = np.bincount(zi - z0)
         present = np.flatnonzero(per_slice) + z0
         idx_centroid = np.array([zi.mean(), yi.mean(), xi.mean()])
@@ -318,7 +327,7 @@ def lesions(
         found.append(
             {
                 "n_voxels": int(zi.size),
-                "volume_ml": zi.size * vox_mm3 / 1000.0,
+                "volume_ml": float(depth[zi].sum()) * sy * sx / 1000.0,
                 "abc2_ml": est.volume_ml,
                 "abc2_a_mm": est.a_mm,
                 "abc2_b_mm": est.b_mm,
