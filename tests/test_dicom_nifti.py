@@ -529,3 +529,54 @@ def test_convert_real_patient_reads_back_and_validates(tmp_path: Path) -> None:
 def test_convert_patient_without_a_bone_slice(tmp_path: Path) -> None:
     r = convert_patient_detailed(REAL_DATA / "Patients_CT" / "084", "nifti", tmp_path)  # bone/36.jpg is absent
     assert r.brain_only_slices == [36] and r.n_slices == 36
+
+
+def _thick_series(folder: Path, n: int, thickness: float, kernel: str | None = None, seed: int = 0) -> str:
+    uid = generate_uid()
+    folder.mkdir(parents=True)
+    hu = expected_hu(n, seed=seed)
+    for k in range(n):
+        ds = make_ds(hu[k], (0, 0, k * thickness), series_uid=uid, instance=k + 1)
+        ds.SliceThickness = f"{thickness:g}"
+        if kernel:
+            ds.ConvolutionKernel = kernel
+        ds.save_as(folder / f"{k}.dcm", enforce_file_format=True)
+    return uid
+
+
+def test_the_series_closest_to_5_mm_with_a_soft_kernel_is_chosen_and_said_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    thin = _thick_series(tmp_path / "thin", 40, 1.0, "H30s")
+    soft = _thick_series(tmp_path / "soft", 8, 5.0, "H30s", seed=1)
+    bone = _thick_series(tmp_path / "bone", 8, 5.0, "H70h", seed=2)
+    with caplog.at_level(logging.WARNING):
+        vol = read_dicom_series(tmp_path)
+    assert vol.series_uid == soft and vol.shape[0] == 8  # not the 40-slice 1 mm one, not the bone kernel
+    why = vol.extra["series_choice"]
+    assert why.startswith("of 3 CT series, the axial one closest to 5 mm") and "8 images, 5 mm, kernel H30S" in why
+    assert "40 images, 1 mm" in why and "H70H" in why
+    assert thin in caplog.text and bone in caplog.text
+    assert read_dicom_series(tmp_path, series_uid=thin).extra["series_choice"].startswith(f"series {thin}, as asked")
+    from ichseg.io.dicom import is_sharp_kernel
+
+    assert [is_sharp_kernel(k) for k in ("BONEPLUS", "STANDARD", "Hr38", "Br64", "J70h", "SOFT", "LUNG", "")] == [
+        True, False, False, True, True, False, True, False,
+    ]  # fmt: skip
+
+
+def test_an_export_without_series_uid_or_sop_class_is_read_as_one_series(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hu = expected_hu(5)
+    _, files = write_series(tmp_path / "anon", hu)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.SeriesInstanceUID
+        del ds.SOPClassUID
+        ds.save_as(f)
+    with caplog.at_level(logging.WARNING):
+        vol = read_dicom_series(tmp_path / "anon")
+    np.testing.assert_array_equal(vol.hu, hu)
+    assert caplog.text.count("without SeriesInstanceUID, grouped as one series") == 1
+    assert vol.sop_class_uid == CT

@@ -102,3 +102,20 @@ def test_tilted_and_two_spacing_series_give_the_same_lesions(straight: Path, tmp
     a = np.asarray(nib.load(str(tmp_path / "ref" / "mask.nii.gz")).dataobj)
     b = np.asarray(nib.load(str(tmp_path / "out-tilted" / "mask.nii.gz")).dataobj)
     assert np.array_equal(a, b)
+
+
+def test_an_anonymised_export_is_predicted_without_a_seg_it_could_not_cite(straight: Path, tmp_path: Path) -> None:
+    out = []
+    for ds in _slices(straight):
+        del ds.SeriesInstanceUID
+        del ds.SOPClassUID
+        out.append(ds)
+    folder = tmp_path / "anon"
+    folder.mkdir()
+    for k, ds in enumerate(out):
+        ds.save_as(folder / f"{k:03d}.dcm")
+    ref = _predict(straight, tmp_path / "ref")
+    got = _predict(folder, tmp_path / "out")
+    assert got["total_volume_ml"] == ref["total_volume_ml"] and got["slices"] == ref["slices"]
+    assert not (tmp_path / "out" / "segmentation.dcm").exists() and (tmp_path / "out" / "mask.nii.gz").exists()
+    assert (tmp_path / "ref" / "segmentation.dcm").exists()

@@ -116,3 +116,23 @@ def test_jpg_dicom_and_nifti_paths_give_the_same_masks(patient: str, tmp_path: P
     a = json.loads((tmp_path / "out-dicom" / "summary.json").read_text())
     b = json.loads((tmp_path / "out-messy" / "summary.json").read_text())
     assert a["total_volume_ml"] == pytest.approx(b["total_volume_ml"], abs=1e-6)
+
+
+def test_each_bad_input_is_named_for_what_it_is(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cases = {}
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "txt" / "x.dcm").write_text("not a scan")
+    cases["txt"] = "x.dcm: not a DICOM file"
+    _, files = write_series(tmp_path / "trunc", expected_hu(1))
+    files[0].write_bytes(files[0].read_bytes()[:-100])
+    cases["trunc"] = "IM0000.dcm: truncated file, pixel data has"
+    (tmp_path / "misc").mkdir()
+    (tmp_path / "misc" / "notes.txt").write_text("hello")
+    (tmp_path / "misc" / "scan.pdf").write_bytes(b"%PDF-1.4")
+    cases["misc"] = "neither DICOM files nor slice images among its 2 file(s)"
+    for name, expected in cases.items():
+        capsys.readouterr()
+        assert main(["predict", str(tmp_path / name), "--out", str(tmp_path / f"out-{name}")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (name, err)
+        assert not (tmp_path / f"out-{name}").exists()

@@ -262,19 +262,22 @@ def _predict_volume(args: argparse.Namespace, kind: str) -> int:
     bundle = load_bundle(_model_dir(args), runtime=args.runtime, precision=args.precision)
     s = predict_volume(bundle, volume, Path(args.out), pdf=args.pdf)
     verdict = "HEMORRHAGE" if s["hemorrhage"] else "no hemorrhage"
+    print(f"{', '.join(s['outputs'])} -> {args.out}")
+    if s.get("series_choice") and "only CT series" not in s["series_choice"]:
+        print(f"series: {s['series_choice']}")
+    if s.get("slabs"):
+        print(f"{s['slabs']['input_slice_step_mm']:g} mm slices read as {s['slabs']['slabs']} slabs of ~5 mm (as CT-ICH's)")
+    for les in s["lesions"]:
+        sub = f", {les['subtype']} {les['subtype_probability']:.2f}" if les.get("subtype") else ""
+        print(f"  lesion {les['label']}: {les['volume_ml']:.2f} mL (ABC/2 {les['abc2_ml']:.2f} mL), slices {les['slices']}{sub}")
+    if s.get("review_slices"):
+        print(f"for review (the slice head suspects blood, nothing outlined): slices {s['review_slices']}")
+    # the answer last
     print(
         f"{kind} {volume.shape[0]} slices, {s['spacing_mm'][1]:.2f}×{s['spacing_mm'][2]:.2f}×{s['spacing_mm'][0]:.1f} mm: "
         f"{verdict} (scan probability {s['scan_probability']:.2f}), {s['total_volume_ml']:.1f} mL in {len(s['lesions'])} "
         f"lesion(s) [{time.perf_counter() - t0:.1f} s]"
     )
-    if s.get("slabs"):
-        print(f"  {s['slabs']['input_slice_step_mm']:g} mm slices read as {s['slabs']['slabs']} slabs of ~5 mm (as CT-ICH's)")
-    for les in s["lesions"]:
-        sub = f", {les['subtype']} {les['subtype_probability']:.2f}" if les.get("subtype") else ""
-        print(f"  lesion {les['label']}: {les['volume_ml']:.2f} mL (ABC/2 {les['abc2_ml']:.2f} mL), slices {les['slices']}{sub}")
-    if s.get("review_slices"):
-        print(f"  for review (the slice head suspects blood, nothing outlined): slices {s['review_slices']}")
-    print(f"{', '.join(s['outputs'])} -> {args.out}")
     return 0
 
 
@@ -800,6 +803,9 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
     own = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ichseg").setLevel(own)
+    if not verbose:  # WeasyPrint's font notes (fontTools vs HarfBuzz) are for its developers, not for a reader
+        for name in ("weasyprint", "fontTools"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

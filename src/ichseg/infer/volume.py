@@ -158,12 +158,18 @@ def predict_volume(bundle: Bundle, volume: Volume, out_dir: Path, *, pdf: bool =
     atomic_write_csv(out_dir / "predictions.csv", rows)
     write_mask_nifti(masks, volume, out_dir / "mask.nii.gz")
     outputs = ["mask.nii.gz", "predictions.csv", "masks/", "overlays/"]
-    if dicom:
+    citable = dicom and not str(volume.series_uid or "").startswith("no-uid:")
+    if dicom and not citable:
+        log.warning("%s: the series has no SeriesInstanceUID, so no DICOM SEG or SR can cite it; not written", volume.source)
+    if citable:
         from pydicom import dcmread
 
         from ichseg.io.dicom_seg import write_measurements_sr, write_segmentation
 
         sources = [dcmread(f, stop_before_pixels=True) for f in volume.files or []]
+        for ds in sources:  # an anonymised export may lack what the SEG must cite
+            if "SOPClassUID" not in ds and volume.sop_class_uid:
+                ds.SOPClassUID = volume.sop_class_uid
         seg = write_segmentation(masks, sources, out_dir / "segmentation.dcm")
         write_measurements_sr(seg, sources, found, total, out_dir / "measurements.dcm")
         outputs += ["segmentation.dcm", "measurements.dcm"]
@@ -180,6 +186,7 @@ def predict_volume(bundle: Bundle, volume: Volume, out_dir: Path, *, pdf: bool =
         # the slice head suspects blood here but nothing is outlined: for a reader to check
         "review_slices": [k + 1 for k in range(n) if len(pred.review) and pred.review[k]],
         "spacing_mm": list(volume.spacing_mm),
+        "series_choice": volume.extra.get("series_choice"),
         "slabs": slabs_info,
         "model": str(bundle.path),
         "ensemble_members": bundle.members,
@@ -307,4 +314,9 @@ def detect_input(path: Path) -> str:
                     continue
                 if head[128:132] == b"DICM":
                     return "dicom"
+            if any(f.suffix.lower() in (".dcm", ".dicom", ".ima") for f in files):
+                return "dicom"  # named as DICOM but without the preamble: the reader says which file is what
+            if not any(f.suffix.lower() in IMAGE_EXTS for f in files):
+                names = ", ".join(f.name for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+                raise ValueError(f"{path}: neither DICOM files nor slice images among its {len(files)} file(s) ({names})")
     return "images"

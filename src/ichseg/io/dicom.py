@@ -71,6 +71,9 @@ class _Header:
     frames: int
     problem: str | None  # set when the file is incomplete
     ds: Any = field(repr=False, default=None)
+    kernel: str = ""  # ConvolutionKernel, upper case ("" when absent)
+    thickness_mm: float | None = None  # SliceThickness
+    anonymous: bool = False  # no SeriesInstanceUID: grouped by folder and geometry instead
 
     @property
     def is_localizer(self) -> bool:
@@ -91,6 +94,22 @@ def _floats(value: Any, n: int) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return out if out.shape == (n,) and np.all(np.isfinite(out)) else None
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value) if hasattr(value, "__iter__") else [value]
+
+
+def _positive_float(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
 
 
 def _read_header(path: Path) -> _Header | None:
@@ -126,13 +145,20 @@ def _read_header(path: Path) -> _Header | None:
             return None
         series_uid = str(ds.get("SeriesInstanceUID", "") or "")
         sop_uid = str(ds.get("SOPInstanceUID", "") or "") or None
-        if not has_magic and (not series_uid or sop_uid is None):
+        looks_like_image = all(k in ds for k in ("Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient"))
+        if not has_magic and (sop_uid is None or not (series_uid or looks_like_image)):
             log.warning("%s: not a DICOM file; skipped", path)
             return None
+        anonymous = False
         if not series_uid:
-            why = "; ".join(problems) or "no SeriesInstanceUID"
-            log.warning("%s: incomplete DICOM header (%s), its series is unknown; skipped", path, why)
-            return None
+            if not looks_like_image:
+                why = "; ".join(problems) or "no SeriesInstanceUID"
+                log.warning("%s: incomplete DICOM header (%s), its series is unknown; skipped", path, why)
+                return None
+            # an anonymised export that dropped the UID: its folder and geometry stand for it
+            orient = ",".join(f"{float(v):.3f}" for v in ds.ImageOrientationPatient)
+            series_uid = f"no-uid:{path.parent}|{ds.Rows}x{ds.Columns}|{orient}|{ds.get('PixelSpacing', '')}"
+            anonymous = True
         modality = str(ds.get("Modality", "") or "")
         image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or []))
         rows, columns = ds.get("Rows"), ds.get("Columns")
@@ -153,6 +179,9 @@ def _read_header(path: Path) -> _Header | None:
             frames=frames,
             problem="; ".join(problems) or None,
             ds=ds,
+            kernel=" ".join(str(v) for v in _as_list(ds.get("ConvolutionKernel"))).upper(),
+            thickness_mm=_positive_float(ds.get("SliceThickness")),
+            anonymous=anonymous,
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:  # malformed element values
         log.warning("%s: DICOM header with malformed values (%s); skipped", path, exc)
@@ -177,7 +206,8 @@ def _is_axial(headers: list[_Header]) -> bool:
     return n is not None and int(np.argmax(np.abs(n))) == 2
 
 
-def _choose_series(folder: Path, headers: list[_Header], series_uid: str | None) -> list[_Header]:
+def _choose_series(folder: Path, headers: list[_Header], series_uid: str | None) -> tuple[list[_Header], str]:
+    """The series to read and why it was chosen."""
     groups: dict[str, list[_Header]] = defaultdict(list)
     for h in headers:
         groups[h.series_uid].append(h)
@@ -197,11 +227,15 @@ def _choose_series(folder: Path, headers: list[_Header], series_uid: str | None)
                 log.warning("%s: localizer image (ImageType %s); skipped", h.path, "\\".join(h.image_type))
         if not kept:
             raise DicomError(f"{folder}: series {series_uid} holds only localizer images")
-        return kept
+        return kept, f"series {series_uid}, as asked: {describe_series(kept)}"
 
-    candidates: list[tuple[tuple[int, int], str, list[_Header]]] = []
+    candidates: list[tuple[tuple[int, float, int, int], str, list[_Header]]] = []
     reasons: list[str] = []
     for uid, g in groups.items():
+        if g[0].anonymous:
+            log.warning(
+                "%s: %d files without SeriesInstanceUID, grouped as one series by folder and geometry", g[0].path.parent, len(g)
+            )
         modality = g[0].modality or "unknown"
         if modality != "CT":
             log.warning("%s: modality %s, not CT; skipped", _describe_files(g), modality)
@@ -217,20 +251,77 @@ def _choose_series(folder: Path, headers: list[_Header], series_uid: str | None)
             reasons.append(f"CT localizer series ({len(g)} files)")
             continue
         if len(images) == 1 and images[0].frames == 1:
-            log.warning("%s: single-slice CT series %s (a localizer or a key image); skipped", images[0].path, uid)
-            reasons.append("single-slice CT series")
+            broken = images[0].problem
+            if not broken:
+                try:
+                    _read_pixels(images[0])
+                except DicomError as exc:  # a file cut short is not a key image: say so
+                    broken = str(exc).removeprefix(f"{images[0].path}: ")
+            if broken:
+                log.warning("%s: the only image of series %s is broken (%s); skipped", images[0].path, uid, broken)
+                reasons.append(f"{images[0].path}: {broken}")
+            else:
+                log.warning("%s: single-slice CT series %s (a localizer or a key image); skipped", images[0].path, uid)
+                reasons.append("single-slice CT series")
             continue
-        candidates.append(((int(_is_axial(images)), len(images)), uid, images))
+        thick = series_thickness_mm(images)
+        soft = int(not is_sharp_kernel(images[0].kernel))
+        rank = (int(_is_axial(images)), -abs(thick - PREFERRED_THICKNESS_MM), soft, len(images))
+        candidates.append((rank, uid, images))
     if not candidates:
         found = "; ".join(reasons) if reasons else "no DICOM images"
         raise DicomError(f"{folder}: no axial CT series to read ({found})")
     candidates.sort(key=lambda c: c[0], reverse=True)
-    (axial, n), uid, images = candidates[0]
-    if not axial:
-        log.warning("%s: no axial CT series; reading the non-axial series %s (%d images)", folder, uid, n)
-    for (_, n_other), other_uid, other in candidates[1:]:
-        log.warning("%s: other CT series %s (%d images) skipped: %s", folder, other_uid, n_other, _describe_files(other))
-    return images
+    rank, uid, images = candidates[0]
+    if not rank[0]:
+        log.warning("%s: no axial CT series; reading the non-axial series %s (%d images)", folder, uid, len(images))
+    for _, other_uid, other in candidates[1:]:
+        log.warning("%s: other CT series %s (%s) skipped: %s", folder, other_uid, describe_series(other), _describe_files(other))
+    reason = f"the only CT series: {describe_series(images)}"
+    if len(candidates) > 1:
+        others = "; ".join(f"{describe_series(g)}" for _, _, g in candidates[1:])
+        reason = (
+            f"of {len(candidates)} CT series, the axial one closest to 5 mm, soft-tissue kernel first: "
+            f"{describe_series(images)} (not: {others})"
+        )
+        log.warning("%s: read %s", folder, reason)
+    return images, reason
+
+
+PREFERRED_THICKNESS_MM = 5.0
+"""The slice thickness the model was trained on (CT-ICH): given several series, the one closest to it is read."""
+SHARP_KERNEL_WORDS = ("BONE", "LUNG", "EDGE", "SHARP", "DETAIL", "HIGH")
+
+
+def is_sharp_kernel(kernel: str) -> bool:
+    """Whether a ConvolutionKernel names a bone or sharp reconstruction: GE's BONE/BONEPLUS/
+    LUNG/EDGE/DETAIL, words like SHARP, or a Siemens kernel of sharpness 60 or above
+    (H60s, Hr64, J70h, Br64...). Soft-tissue ("STANDARD", "SOFT", "H30s", "Hr38") is not."""
+    k = kernel.upper()
+    if any(w in k for w in SHARP_KERNEL_WORDS):
+        return True
+    import re
+
+    m = re.search(r"\b[A-Z][A-Z]?(\d{2})[A-Z]?\b", k)
+    return bool(m) and int(m.group(1)) >= 60
+
+
+def series_thickness_mm(images: list[_Header]) -> float:
+    """A series' slice thickness: SliceThickness where given, else the median step."""
+    given = [h.thickness_mm for h in images if h.thickness_mm is not None]
+    if given:
+        return float(np.median(given))
+    normal = next((h.normal for h in images if h.normal is not None), None)
+    pos = sorted(float(h.position @ normal) for h in images if h.position is not None and normal is not None)
+    return float(np.median(np.diff(pos))) if len(pos) > 1 else 0.0
+
+
+def describe_series(images: list[_Header]) -> str:
+    """One line: how many images, how thick, which kernel, its description."""
+    h = images[0]
+    desc = str(h.ds.get("SeriesDescription", "") or "") if h.ds is not None else ""
+    kern = f", kernel {h.kernel}" if h.kernel else ""
+    return f"{len(images)} images, {series_thickness_mm(images):.3g} mm{kern}" + (f", '{desc}'" if desc else "")
 
 
 def _check_series(folder: Path, series: list[_Header]) -> tuple[list[_Header], np.ndarray, np.ndarray]:
@@ -390,8 +481,11 @@ def read_dicom_series(folder: Path | str, series_uid: str | None = None) -> Volu
     if n_files == 0:
         raise DicomError(f"{folder}: empty folder, no DICOM files")
     if not headers:
+        if n_files == 1:
+            only = next(p for p in folder.rglob("*") if p.is_file())
+            raise DicomError(f"{only}: not a DICOM file (no DICOM preamble or header), the only file in {folder}")
         raise DicomError(f"{folder}: no DICOM image among its {n_files} files")
-    chosen = _choose_series(folder, headers, series_uid)
+    chosen, why = _choose_series(folder, headers, series_uid)
     series, z, normal = _check_series(folder, chosen)
 
     slices = []
@@ -404,7 +498,7 @@ def read_dicom_series(folder: Path | str, series_uid: str | None = None) -> Volu
         datasets.append(ds)
     first = series[0]
     n = len(series)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"series_choice": why}
     if n > 1:
         step = (series[-1].position - first.position) / (n - 1)
         slice_spacing = float(np.median(np.diff(z)))
@@ -436,7 +530,7 @@ def read_dicom_series(folder: Path | str, series_uid: str | None = None) -> Volu
         series_uid=first.series_uid,
         sop_instance_uids=[str(h.sop_instance_uid) for h in series],
         files=[str(h.path) for h in series],
-        sop_class_uid=first.sop_class_uid,
+        sop_class_uid=first.sop_class_uid or (CT_IMAGE_STORAGE if first.modality == "CT" else None),
         study_instance_uid=str(ds0.get("StudyInstanceUID", "") or "") or None,
         frame_of_reference_uid=str(ds0.get("FrameOfReferenceUID", "") or "") or None,
         patient_id=str(ds0.get("PatientID", "") or "") or None,
