@@ -260,7 +260,7 @@ def _predict_volume(args: argparse.Namespace, kind: str) -> int:
 
         volume = read_nifti(Path(args.path))
     bundle = load_bundle(_model_dir(args), runtime=args.runtime, precision=args.precision)
-    s = predict_volume(bundle, volume, Path(args.out), pdf=args.pdf)
+    s = predict_volume(bundle, volume, Path(args.out), pdf=args.pdf, head_check=not args.no_head_check)
     verdict = "HEMORRHAGE" if s["hemorrhage"] else "no hemorrhage"
     print(f"{', '.join(s['outputs'])} -> {args.out}")
     if s.get("series_choice") and "only CT series" not in s["series_choice"]:
@@ -636,6 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sample", action="store_true", help="the bundled sample study (CT-ICH), converted to a DICOM series")
     s.add_argument("--series", default=None, help="DICOM: the SeriesInstanceUID to read when a folder holds several")
     s.add_argument("--pdf", action="store_true", help="DICOM/NIfTI: also write report.pdf (needs WeasyPrint)")
+    s.add_argument(
+        "--no-head-check", action="store_true", help="DICOM/NIfTI: predict even when the images do not look like a head CT"
+    )
     s.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--no-overlays", action="store_true", help="skip overlay PNGs")

@@ -97,14 +97,23 @@ def _index_to_world(volume: Volume, dicom: bool) -> np.ndarray:
     return (volume.affine_lps if dicom else volume.affine_ras) @ perm
 
 
-def predict_volume(bundle: Bundle, volume: Volume, out_dir: Path, *, pdf: bool = False) -> dict[str, Any]:
-    """Predict ``volume`` and write every output into ``out_dir``; returns the summary."""
+def predict_volume(
+    bundle: Bundle, volume: Volume, out_dir: Path, *, pdf: bool = False, head_check: bool = True
+) -> dict[str, Any]:
+    """Predict ``volume`` and write every output into ``out_dir``; returns the summary.
+    Unless ``head_check`` is False, a volume that does not show a head CT
+    (:mod:`ichseg.infer.headcheck`) raises :class:`~ichseg.infer.headcheck.NotAHeadCT`
+    before anything is written."""
     from ichseg.data.windows import hu_to_windows
+    from ichseg.infer.headcheck import NotAHeadCT, check_head_ct
     from ichseg.infer.predict import overlay_rgb
     from ichseg.infer.study import predict_windows
     from ichseg.io.nifti import write_mask_nifti
     from ichseg.report.lesions import lesions, total_volume_ml
 
+    head = check_head_ct(volume.hu, volume.pixel_spacing) if head_check else None
+    if head is not None and not head.is_head:
+        raise NotAHeadCT(f"{volume.source}: {head.reason} (run with --no-head-check to predict anyway)")
     out_dir = Path(out_dir)
     dicom = bool(volume.files) and volume.sop_instance_uids is not None
     brain, bone = hu_to_windows(volume.hu)
@@ -187,6 +196,7 @@ def predict_volume(bundle: Bundle, volume: Volume, out_dir: Path, *, pdf: bool =
         "review_slices": [k + 1 for k in range(n) if len(pred.review) and pred.review[k]],
         "spacing_mm": list(volume.spacing_mm),
         "series_choice": volume.extra.get("series_choice"),
+        "head_check": head.reason if head is not None else "skipped (--no-head-check)",
         "slabs": slabs_info,
         "model": str(bundle.path),
         "ensemble_members": bundle.members,

@@ -1,0 +1,99 @@
+"""Not a head CT, told from the images: an abdomen, a chest, an MR series and a water
+phantom are refused with what was found; real heads pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import REAL_DATA
+from ichseg.infer.headcheck import NotAHeadCT, check_head_ct
+
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "ichseg" / "sample" / "ct-ich-049"
+PX = 0.7  # mm, a body field of view: 512 px = 358 mm
+
+
+def _ellipse(img: np.ndarray, center_mm: tuple[float, float], axes_mm: tuple[float, float], value: float) -> None:
+    c = (int(256 + center_mm[0] / PX), int(256 + center_mm[1] / PX))
+    cv2.ellipse(img, c, (int(axes_mm[0] / PX), int(axes_mm[1] / PX)), 0, 0, 360, value, -1)
+
+
+def _volume(draw, n: int = 12, noise_hu: float = 12.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 512, 512), np.float32)
+    for k in range(n):
+        img = np.full((512, 512), -1000.0, np.float32)
+        draw(img)
+        out[k] = img + rng.normal(0, noise_hu, img.shape) * (img > -900)
+    return out
+
+
+def abdomen(img: np.ndarray) -> None:
+    _ellipse(img, (0, 0), (160, 115), -100)  # fat
+    _ellipse(img, (0, 0), (150, 105), 45)  # organs
+    _ellipse(img, (0, 70), (18, 18), 500)  # vertebra
+    _ellipse(img, (0, 70), (10, 10), 200)
+
+
+def chest(img: np.ndarray) -> None:
+    _ellipse(img, (0, 0), (150, 100), 40)
+    _ellipse(img, (-70, 0), (55, 75), -800)  # lungs
+    _ellipse(img, (70, 0), (55, 75), -800)
+    for a in np.linspace(0, 2 * np.pi, 14, endpoint=False):  # ribs: bone dots round the wall
+        _ellipse(img, (140 * np.cos(a), 92 * np.sin(a)), (6, 6), 600)
+
+
+def phantom(img: np.ndarray) -> None:
+    _ellipse(img, (0, 0), (92, 92), 400)  # a bone-like shell
+    _ellipse(img, (0, 0), (86, 86), 0)  # water
+
+
+def test_real_heads_pass() -> None:
+    from ichseg.io.convert import ctich_volume
+
+    vol, _, _ = ctich_volume(SAMPLE)
+    r = check_head_ct(vol.hu, vol.pixel_spacing)
+    assert r.is_head and r.head_slices / r.slices > 0.9 and r.brain_sd_hu > MIN_SD
+
+
+MIN_SD = 3.0
+
+
+def test_abdomen_chest_mr_and_phantom_are_refused_with_what_was_found() -> None:
+    r = check_head_ct(_volume(abdomen), (PX, PX))
+    assert not r.is_head and "widest cross-section 224 mm" not in r.reason and "not a head CT" in r.reason
+    r = check_head_ct(_volume(chest), (PX, PX))
+    assert not r.is_head and "widest cross-section" in r.reason
+    mr = np.clip(_volume(abdomen) + 1000, 0, None) * 0.8  # MR-like: no negative values at all
+    r = check_head_ct(mr, (PX, PX))
+    assert not r.is_head and "not CT in Hounsfield units" in r.reason
+    r = check_head_ct(_volume(phantom, noise_hu=1.0), (PX, PX))
+    assert not r.is_head and "a phantom" in r.reason
+
+
+def test_predict_refuses_a_non_head_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import nibabel as nib
+
+    from ichseg.cli import main
+
+    path = tmp_path / "abdomen.nii.gz"
+    hu = _volume(abdomen, n=6)
+    nib.save(nib.Nifti1Image(hu.transpose(2, 1, 0).astype(np.int16), np.diag([PX, PX, 5.0, 1.0])), str(path))
+    capsys.readouterr()
+    assert main(["predict", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "abdomen.nii.gz" in err[0] and "not a head CT" in err[0] and "--no-head-check" in err[0]
+    assert not (tmp_path / "out").exists()
+    assert issubclass(NotAHeadCT, ValueError)
+
+
+@pytest.mark.skipif(not REAL_DATA.exists(), reason="needs ../shared/ct-ich")
+def test_every_development_patient_is_a_head() -> None:
+    from ichseg.io.convert import ctich_volume
+
+    for p in sorted((REAL_DATA / "Patients_CT").iterdir())[::6]:
+        vol, _, _ = ctich_volume(p)
+        assert check_head_ct(vol.hu, vol.pixel_spacing).is_head, p.name
