@@ -167,10 +167,7 @@ def predict_volume(
     atomic_write_csv(out_dir / "predictions.csv", rows)
     write_mask_nifti(masks, volume, out_dir / "mask.nii.gz")
     outputs = ["mask.nii.gz", "predictions.csv", "masks/", "overlays/"]
-    citable = dicom and not str(volume.series_uid or "").startswith("no-uid:")
-    if dicom and not citable:
-        log.warning("%s: the series has no SeriesInstanceUID, so no DICOM SEG or SR can cite it; not written", volume.source)
-    if citable:
+    if dicom:
         from pydicom import dcmread
 
         from ichseg.io.dicom_seg import write_measurements_sr, write_segmentation
@@ -179,9 +176,13 @@ def predict_volume(
         for ds in sources:  # an anonymised export may lack what the SEG must cite
             if "SOPClassUID" not in ds and volume.sop_class_uid:
                 ds.SOPClassUID = volume.sop_class_uid
-        seg = write_segmentation(masks, sources, out_dir / "segmentation.dcm")
-        write_measurements_sr(seg, sources, found, total, out_dir / "measurements.dcm")
-        outputs += ["segmentation.dcm", "measurements.dcm"]
+        missing = seg_blockers(volume, sources)
+        if missing:
+            log.warning("%s: the series has no %s, so no DICOM SEG or SR can cite it; not written", volume.source, missing)
+        else:
+            seg = write_segmentation(masks, sources, out_dir / "segmentation.dcm")
+            write_measurements_sr(seg, sources, found, total, out_dir / "measurements.dcm")
+            outputs += ["segmentation.dcm", "measurements.dcm"]
     summary = {
         "input": volume.source,
         "input_kind": "dicom" if dicom else "nifti",
@@ -222,6 +223,18 @@ def predict_volume(
     summary["outputs"] = sorted(outputs)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def seg_blockers(volume: Volume, sources: list) -> str | None:
+    """What a DICOM SEG of this series could not cite (a SEG names its source series, study
+    and frame of reference): "SeriesInstanceUID, FrameOfReferenceUID", or None."""
+    missing = []
+    if str(volume.series_uid or "").startswith("no-uid:"):
+        missing.append("SeriesInstanceUID")
+    for tag in ("StudyInstanceUID", "FrameOfReferenceUID"):
+        if any(not ds.get(tag) for ds in sources):
+            missing.append(tag)
+    return ", ".join(missing) or None
 
 
 def thin_prediction(pred: StudyPrediction, slab: np.ndarray) -> StudyPrediction:

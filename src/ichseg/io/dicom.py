@@ -231,6 +231,7 @@ def _choose_series(folder: Path, headers: list[_Header], series_uid: str | None)
 
     candidates: list[tuple[tuple[int, float, int, int], str, list[_Header]]] = []
     reasons: list[str] = []
+    singles: list[tuple[str, list[_Header]]] = []  # one-image series: key images, or a lone slice
     for uid, g in groups.items():
         if g[0].anonymous:
             log.warning(
@@ -261,13 +262,19 @@ def _choose_series(folder: Path, headers: list[_Header], series_uid: str | None)
                 log.warning("%s: the only image of series %s is broken (%s); skipped", images[0].path, uid, broken)
                 reasons.append(f"{images[0].path}: {broken}")
             else:
-                log.warning("%s: single-slice CT series %s (a localizer or a key image); skipped", images[0].path, uid)
-                reasons.append("single-slice CT series")
+                singles.append((uid, images))
             continue
         thick = series_thickness_mm(images)
         soft = int(not is_sharp_kernel(images[0].kernel))
         rank = (int(_is_axial(images)), -abs(thick - PREFERRED_THICKNESS_MM), soft, len(images))
         candidates.append((rank, uid, images))
+    if not candidates and len(singles) == 1:  # a folder holding one CT slice: that slice is the study
+        uid, images = singles[0]
+        log.warning("%s: a single CT slice; its volumes are for this one slice", images[0].path)
+        return images, f"the only CT image: {describe_series(images)}"
+    for uid, images in singles:
+        log.warning("%s: single-slice CT series %s (a localizer or a key image); skipped", images[0].path, uid)
+        reasons.append("single-slice CT series")
     if not candidates:
         found = "; ".join(reasons) if reasons else "no DICOM images"
         raise DicomError(f"{folder}: no axial CT series to read ({found})")
@@ -516,7 +523,7 @@ def read_dicom_series(folder: Path | str, series_uid: str | None = None) -> Volu
             log.warning("%s: slices step %.1f° off their normal (gantry tilt); the affine is sheared to match", folder, tilt)
     else:
         ds0 = datasets[0]
-        slice_spacing = float(ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness") or 1.0)
+        slice_spacing = float(ds0.get("SliceThickness") or ds0.get("SpacingBetweenSlices") or 1.0)
         step = normal * slice_spacing
         log.warning("%s: a single slice; slice spacing taken as %.3g mm from its header", first.path, slice_spacing)
     assert first.orientation is not None and first.pixel_spacing is not None and first.position is not None

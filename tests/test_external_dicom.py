@@ -1,0 +1,61 @@
+"""Real DICOM from outside CT-ICH that the registries ship: pydicom's test files hold one
+slice of a CQ500 head CT (JPEG 2000, lossy), a small CT of another body part, an MR, a
+SEG and a nuclear-medicine image. Each is read or refused with the right message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ichseg.cli import main
+
+pydicom_data = pytest.importorskip("pydicom.data")
+FILES = Path(pydicom_data.__file__).parent / "test_files"
+
+
+def _folder(tmp_path: Path, name: str) -> Path:
+    src = FILES / name
+    if not src.exists():
+        pytest.skip(f"pydicom no longer ships {name}")
+    dst = tmp_path / Path(name).stem
+    dst.mkdir()
+    shutil.copy(src, dst / name)
+    return dst
+
+
+def test_a_cq500_head_slice_in_jpeg2000_is_read_and_predicted(tmp_path: Path) -> None:
+    from ichseg.io.dicom import read_dicom_series
+
+    folder = _folder(tmp_path, "693_J2KI.dcm")
+    vol = read_dicom_series(folder)
+    assert vol.shape == (1, 512, 512) and vol.spacing_mm[0] == pytest.approx(5.0)  # its SliceThickness
+    assert vol.hu.min() < -900 and 0 < float(vol.hu[0, 256, 256]) < 100  # air outside, brain in the middle
+    assert main(["predict", str(folder), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["slices"] == 1 and s["head_check"].startswith("skull around a brain on 1 of 1")
+    assert s["hemorrhage"] == bool(s["lesions"])  # the verdict matches what is drawn
+    # the slice has no FrameOfReferenceUID, which a SEG must cite: mask and report, no SEG
+    assert (tmp_path / "out" / "mask.nii.gz").exists() and not (tmp_path / "out" / "segmentation.dcm").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("CT_small.dcm", "no skull around a brain on 1 of 1 slices"),
+        ("MR_small.dcm", "no axial CT series to read (MR series (1 files))"),
+        ("liver_1frame.dcm", "no axial CT series to read (SEG series (1 files))"),
+        ("JPEG2000.dcm", "no axial CT series to read (NM series (1 files))"),
+    ],
+)
+def test_other_modalities_and_body_parts_are_refused(
+    name: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = _folder(tmp_path, name)
+    capsys.readouterr()
+    assert main(["predict", str(folder), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()
