@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -493,3 +494,53 @@ def test_cost_fit_recovers_per_slice_costs_from_a_hand_table() -> None:
     assert abs(fit["per_segmented_slice_s"] - 0.08) < 1e-9
     assert cost_fit([row(30, 2), row(30, 2), row(30, 2)]) is None  # nothing varies: no fit
     assert cost_fit([row(30, 2), {**row(20, 1), "error": "bad"}]) is None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in state  # a zombie has ended; only its exit status is left
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads child processes from /proc")
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupting_a_batch_ends_its_workers_and_a_rerun_finishes(
+    sig: str, trained: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "studies"
+    for k in range(8):  # enough studies that the batch is still running when it is interrupted
+        for p in (tiny_data / "Patients_CT").iterdir():
+            shutil.copytree(p, root / f"{p.name}-{k}")
+    out = tmp_path / "batch"
+    args = ["predict", str(root), "--model", str(trained), "--out", str(out), "--workers", "2", "--no-progress", "--no-overlays"]
+    proc = subprocess.Popen([sys.executable, "-m", "ichseg.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*/study.json")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the batch ended before it could be interrupted"
+        children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert len(children) >= 2  # the two workers (and multiprocessing's helper)
+        os.kill(proc.pid, getattr(signal, sig))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and b"interrupted" in err
+    deadline = time.monotonic() + 10
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(c) for c in children), "a worker outlived the interrupted batch"
+    done = {p.parent.name for p in out.glob("*/study.json")}
+    assert 0 < len(done) < 40
+    assert main(args) == 0  # the rerun predicts the rest, and nothing half-written is left
+    assert {p.parent.name for p in out.glob("*/study.json")} == {p.name for p in root.iterdir()}
+    assert not list(out.glob(".partial-*"))

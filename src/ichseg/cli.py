@@ -828,6 +828,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, FileNotFoundError, ValueError) as exc:
         print(f"ichseg: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ichseg: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

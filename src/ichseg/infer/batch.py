@@ -56,9 +56,37 @@ def is_batch_root(path: Path) -> bool:
 _BUNDLE = None
 
 
-def _init_worker(model_dir: str, runtime: str, threads: int, precision: str = "fp32") -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker end when the batch's parent does, however it ends: Linux's
+    PR_SET_PDEATHSIG for a parent killed outright (even by SIGKILL), and a watchdog
+    thread (any OS, and the case where the parent died before the call). Ctrl-C reaches
+    the whole process group; the parent alone decides what it means."""
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True, name="ichseg-parent-watch").start()
+
+
+def _init_worker(model_dir: str, runtime: str, threads: int, precision: str = "fp32", parent_pid: int = 0) -> None:
     global _BUNDLE
     from ichseg.infer.pipeline import load_bundle
+
+    if parent_pid:
+        _die_with_parent(parent_pid)
 
     _BUNDLE = load_bundle(Path(model_dir), runtime=runtime, threads=threads, precision=precision)
 
@@ -133,14 +161,23 @@ def predict_batch(
     if todo:
         # spawn, not fork: a forked copy of a process whose OpenMP threads are running can hang
         ctx = multiprocessing.get_context("spawn")
-        init = (str(model_dir), runtime, threads, precision)
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
+        init = (str(model_dir), runtime, threads, precision, os.getpid())
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init)
+        previous = _terminate_as_interrupt()
+        try:
             for row in _bounded(pool, todo, str(out_root), overlays, 2 * workers):
                 rows.append(row)
                 if row["error"]:
                     log.error("study %s failed: %s", row["study"], row["error"])
                 if on_result is not None:
                     on_result(row, len(finished) + len(rows), len(studies))
+        except BaseException:  # Ctrl-C, SIGTERM, an error: no worker may outlive the batch
+            _stop_workers(pool)
+            raise
+        else:
+            pool.shutdown(wait=True)
+        finally:
+            _restore(previous)
     seconds = time.perf_counter() - t0
     finished_rows = list(done_rows(out_root).values())
     _write_table(finished_rows + [r for r in rows if r["error"]], out_root / "studies.csv")
@@ -154,6 +191,43 @@ def predict_batch(
         "studies_per_minute": 60 * len(ok) / seconds if ok and seconds else None,
         "cost_fit": cost_fit(finished_rows),
     }
+
+
+def _terminate_as_interrupt():
+    """SIGTERM handled as Ctrl-C in the main thread (so the pool is stopped on the way out);
+    returns the handler it replaced (None off the main thread, where none can be set)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _restore(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End every worker now: queued studies are cancelled, running ones killed. Their
+    ``.partial-`` folders stay unpublished and are redone by the next run."""
+    procs = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+    log.warning("batch interrupted: %d worker(s) stopped; a rerun predicts the studies not yet finished", len(procs))
 
 
 def cost_fit(rows: list[dict[str, Any]]) -> dict[str, float] | None:
