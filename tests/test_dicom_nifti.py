@@ -325,8 +325,12 @@ def test_non_ct_only_is_an_error(tmp_path: Path) -> None:
 def test_only_localizers_is_an_error(tmp_path: Path) -> None:
     write_series(tmp_path / "a", expected_hu(1), image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
     write_series(tmp_path / "b", expected_hu(1))
+    write_series(tmp_path / "c", expected_hu(1, seed=3))  # two one-image series: key images, not a study
     with pytest.raises(DicomError, match=r"CT localizer series.*single-slice CT series|single-slice CT series.*localizer"):
         read_dicom_series(tmp_path)
+    shutil.rmtree(tmp_path / "c")  # beside a localizer, one CT slice is the study
+    vol = read_dicom_series(tmp_path)
+    assert vol.shape[0] == 1 and vol.extra["series_choice"].startswith("the only CT image")
 
 
 def test_empty_missing_and_non_dicom_folders(tmp_path: Path) -> None:

@@ -136,3 +136,17 @@ def test_each_bad_input_is_named_for_what_it_is(tmp_path: Path, capsys: pytest.C
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], (name, err)
         assert not (tmp_path / f"out-{name}").exists()
+
+
+def test_a_jpg_patient_folder_gets_a_summary_and_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sample = Path(__file__).resolve().parents[1] / "src" / "ichseg" / "sample" / "ct-ich-049"
+    out = tmp_path / "jpg"
+    assert main(["predict", str(sample), "--out", str(out), "--no-progress", "--no-overlays"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["input_kind"] == "images" and s["slices"] == 33 and "assumed CT-ICH geometry" in s["geometry"]
+    assert s["hemorrhage"] == bool(s["lesions"]) and last.startswith("HEMORRHAGE" if s["hemorrhage"] else "no hemorrhage")
+    assert abs(sum(les["volume_ml"] for les in s["lesions"]) - s["total_volume_ml"]) < 1e-2
+    assert "not a medical device" in (out / "report.html").read_text()
+    detail = json.loads((out / "predictions.json").read_text())
+    assert s["positive_slices"] == [k + 1 for k, r in enumerate(detail["slices_detail"]) if r["hemorrhage"]]

@@ -241,7 +241,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"{len(rows)} slice(s) in {time.perf_counter() - t0:.1f} s; hemorrhage on {len(pos)}: {', '.join(pos) or 'none'}")
     if review:
         print(f"for review (the slice head suspects blood, nothing outlined): {', '.join(review)}")
-    print(f"masks, overlays, predictions.csv/json -> {args.out}")
+    summary = Path(args.out) / "summary.json"
+    if not summary.exists():
+        print(f"masks, overlays, predictions.csv/json -> {args.out}")
+        return 0
+    s = json.loads(summary.read_text())
+    print(f"masks, overlays, predictions.csv/json, summary.json, report.html -> {args.out}")
+    verdict = "HEMORRHAGE" if s["hemorrhage"] else "no hemorrhage"
+    n_les = len(s["lesions"])
+    print(f"{verdict} (scan probability {s['scan_probability']:.2f}), {s['total_volume_ml']:.1f} mL in {n_les} lesion(s)")
     return 0
 
 

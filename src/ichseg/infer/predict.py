@@ -193,4 +193,52 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
         "slices_detail": rows,
     }
     atomic_write_text(out_dir / "predictions.json", json.dumps(summary, indent=2) + "\n")
+    brains = [images[s.brain] for s in slices]
+    if len(slices) > 1 and len({b.shape for b in brains}) == 1:  # one study of equal slices: volumes and a report
+        write_study_summary(out_dir, path, bundle, brains, pred, summary)
     return rows
+
+
+CT_ICH_SLICE_MM = 5.0
+
+
+def write_study_summary(
+    out_dir: Path, path: Path, bundle: Bundle, brains: list[np.ndarray], pred: Any, detail: dict[str, Any]
+) -> dict[str, Any]:
+    """``summary.json`` and ``report.html`` for a folder of slice images, as for a DICOM or
+    NIfTI input. JPG slices carry no geometry, so CT-ICH's is assumed and said: a 650-px
+    frame of 0.35 mm pixels (:func:`ichseg.infer.volume.model_pixel_mm`), 5 mm slices."""
+    from ichseg.infer.clinical import lesion_json, write_report
+    from ichseg.io.convert import CT_ICH_PIXEL_SPACING_MM
+    from ichseg.report.lesions import lesions, total_volume_ml
+
+    w = brains[0].shape[1]
+    pixel = float(CT_ICH_PIXEL_SPACING_MM) * 650.0 / w
+    spacing = (CT_ICH_SLICE_MM, pixel, pixel)
+    masks = np.stack(pred.masks)
+    found = lesions(masks, spacing, pred.heads)
+    n = len(brains)
+    summary = {
+        "input": str(path),
+        "input_kind": "images",
+        "hemorrhage": bool(found),
+        "scan_probability": detail["scan_probability"],
+        "total_volume_ml": round(total_volume_ml(found), 3),
+        "lesions": [lesion_json(les) for les in found],
+        "coordinates": "voxel grid mm (slice, row, column) from slice 1",
+        "geometry": f"assumed CT-ICH geometry: {pixel:.3f} mm pixels (a 650-px frame of 0.35 mm), {CT_ICH_SLICE_MM:g} mm slices",
+        "slices": n,
+        "positive_slices": [k + 1 for k in range(n) if pred.verdict[k]],
+        "review_slices": [k + 1 for k in range(n) if len(pred.review) and pred.review[k]],
+        "spacing_mm": list(spacing),
+        "model": detail["model"],
+        "ensemble_members": bundle.members,
+        "runtime": detail["runtime"],
+        "precision": detail["precision"],
+        "operating_point": detail["operating_point"],
+        "not_a_medical_device": True,
+    }
+    write_report(out_dir, summary, np.stack(brains), masks, pred, found, bundle, pdf=False)
+    summary["outputs"] = sorted(["masks/", "predictions.csv", "predictions.json", "report.html", "summary.json"])
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary

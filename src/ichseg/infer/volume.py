@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ichseg.infer.clinical import lesion_json, write_report
 from ichseg.infer.pipeline import Bundle
 from ichseg.infer.slabs import average_slabs, slab_index, slab_thickness_mm
 from ichseg.infer.study import StudyPrediction
@@ -189,7 +190,7 @@ def predict_volume(
         "hemorrhage": pred.hemorrhage,
         "scan_probability": round(pred.scan_probability, 5),
         "total_volume_ml": round(total, 3),
-        "lesions": [_lesion_json(les) for les in found],
+        "lesions": [lesion_json(les) for les in found],
         "coordinates": "DICOM patient LPS mm" if dicom else "RAS+ mm (NIfTI world)",
         "slices": n,
         "positive_slices": [k + 1 for k in range(n) if pred.verdict[k]],
@@ -218,7 +219,7 @@ def predict_volume(
         },
         "not_a_medical_device": True,
     }
-    _write_report(out_dir, summary, brain, masks, pred, found, bundle, pdf)
+    write_report(out_dir, summary, brain, masks, pred, found, bundle, pdf)
     outputs += ["report.html"] + (["report.pdf"] if pdf else [])
     summary["outputs"] = sorted(outputs)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -249,73 +250,6 @@ def thin_prediction(pred: StudyPrediction, slab: np.ndarray) -> StudyPrediction:
         segmented=pred.segmented[slab] if len(pred.segmented) else pred.segmented,
         review=pred.review[slab] if len(pred.review) else pred.review,
     )
-
-
-def _lesion_json(les: Any) -> dict[str, Any]:
-    d = les.to_dict()
-    keep = (
-        "label",
-        "n_voxels",
-        "largest_slice",
-        "volume_ml",
-        "abc2_ml",
-        "slices",
-        "centroid_mm",
-        "max_axial_area_mm2",
-        "subtype",
-        "subtype_probability",
-        "subtype_probabilities",
-        "abc2_a_mm",
-        "abc2_b_mm",
-        "abc2_c_mm",
-    )
-    return {k: d[k] for k in keep if k in d}
-
-
-def _write_report(
-    out_dir: Path,
-    summary: dict[str, Any],
-    brain: np.ndarray,
-    masks: np.ndarray,
-    pred: Any,
-    found: list,
-    bundle: Bundle,
-    pdf: bool,
-) -> None:
-    from ichseg.report.html import key_slice_indices, write_report_html
-
-    keys = key_slice_indices(found, pred.slice_probability)
-    key_slices = [(brain[k], masks[k], f"slice {k + 1}") for k in keys]
-    subtype = {h: float(p.max()) for h, p in pred.heads.items() if h not in ("hemorrhage", "fracture")}
-    cv = bundle.meta.get("calibration", {}).get("pooled")
-    info: dict[str, Any] = {"name": "ichseg", "version": _version(), "model": str(bundle.path)}
-    if cv:
-        info["cv_metrics"] = {
-            "slice recall": cv["slice"]["recall"],
-            "slice precision": cv["slice"]["precision"],
-            "Dice (global)": cv["pixel"]["dice_global"],
-            "scan sensitivity": cv["scan"]["sensitivity"],
-            "scan specificity": cv["scan"]["specificity"],
-        }
-    report = {**summary, "slice_threshold": bundle.pipeline.head_threshold}
-    write_report_html(
-        out_dir / "report.html",
-        summary=report,
-        key_slices=key_slices,
-        slice_probs=pred.slice_probability,
-        subtype_probs=subtype,
-        model_info=info,
-    )
-    if pdf:
-        from ichseg.report.pdf import write_report_pdf
-
-        write_report_pdf(out_dir / "report.html", out_dir / "report.pdf")
-
-
-def _version() -> str:
-    from ichseg import __version__
-
-    return __version__
 
 
 def detect_input(path: Path) -> str:

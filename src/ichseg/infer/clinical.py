@@ -1,0 +1,85 @@
+"""The clinical outputs shared by every input kind: lesions as JSON and the report page.
+
+A DICOM series, a NIfTI volume and a folder of CT-ICH-style JPG slices all end in the same
+``summary.json`` lesion entries and the same self-contained ``report.html`` (and PDF), so a
+reader sees one format whatever the scanner exported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ichseg.infer.pipeline import Bundle
+
+
+def lesion_json(les: Any) -> dict[str, Any]:
+    """A :class:`~ichseg.report.lesions.Lesion` as its ``summary.json`` entry."""
+    d = les.to_dict()
+    keep = (
+        "label",
+        "n_voxels",
+        "largest_slice",
+        "volume_ml",
+        "abc2_ml",
+        "slices",
+        "centroid_mm",
+        "max_axial_area_mm2",
+        "subtype",
+        "subtype_probability",
+        "subtype_probabilities",
+        "abc2_a_mm",
+        "abc2_b_mm",
+        "abc2_c_mm",
+    )
+    return {k: d[k] for k in keep if k in d}
+
+
+def write_report(
+    out_dir: Path,
+    summary: dict[str, Any],
+    brain: np.ndarray,
+    masks: np.ndarray,
+    pred: Any,
+    found: list,
+    bundle: Bundle,
+    pdf: bool,
+) -> None:
+    """``report.html`` (and ``report.pdf``) for one predicted study: verdict, volumes, key
+    slices with overlays, per-slice probabilities, the model's cross-validated figures."""
+    from ichseg.report.html import key_slice_indices, write_report_html
+
+    keys = key_slice_indices(found, pred.slice_probability)
+    key_slices = [(brain[k], masks[k], f"slice {k + 1}") for k in keys]
+    subtype = {h: float(p.max()) for h, p in pred.heads.items() if h not in ("hemorrhage", "fracture")}
+    cv = bundle.meta.get("calibration", {}).get("pooled")
+    info: dict[str, Any] = {"name": "ichseg", "version": _version(), "model": str(bundle.path)}
+    if cv:
+        info["cv_metrics"] = {
+            "slice recall": cv["slice"]["recall"],
+            "slice precision": cv["slice"]["precision"],
+            "Dice (global)": cv["pixel"]["dice_global"],
+            "scan sensitivity": cv["scan"]["sensitivity"],
+            "scan specificity": cv["scan"]["specificity"],
+        }
+    report = {**summary, "slice_threshold": bundle.pipeline.head_threshold}
+    write_report_html(
+        out_dir / "report.html",
+        summary=report,
+        key_slices=key_slices,
+        slice_probs=pred.slice_probability,
+        subtype_probs=subtype,
+        model_info=info,
+    )
+    if pdf:
+        from ichseg.report.pdf import write_report_pdf
+
+        write_report_pdf(out_dir / "report.html", out_dir / "report.pdf")
+
+
+def _version() -> str:
+    from ichseg import __version__
+
+    return __version__
