@@ -59,6 +59,9 @@ def test_predict_sample_writes_every_clinical_output(tmp_path: Path, capsys: pyt
     assert sr.Modality == "SR"
     html = (out / "report.html").read_text()
     assert "not a medical device" in html and "http://" not in html and "https://" not in html
+    assert "CT-ICH^049" in html and "ct-ich-049" not in html  # the patient, as the study names it
+    assert str(tmp_path) not in html and "/work/" not in html  # no path of this machine in a clinician's page
+    assert "pooled out-of-fold" in html and summary["study"].startswith("CT-ICH^049")
     assert _dciodvfy_errors(out / "segmentation.dcm") == [] and _dciodvfy_errors(out / "measurements.dcm") == []
 
 

@@ -54,15 +54,16 @@ def write_report(
     keys = key_slice_indices(found, pred.slice_probability)
     key_slices = [(brain[k], masks[k], f"slice {k + 1}") for k in keys]
     subtype = {h: float(p.max()) for h, p in pred.heads.items() if h not in ("hemorrhage", "fracture")}
+    info: dict[str, Any] = {"name": "ichseg", "version": _version(), "model": model_name(bundle)}
     cv = bundle.meta.get("calibration", {}).get("pooled")
-    info: dict[str, Any] = {"name": "ichseg", "version": _version(), "model": str(bundle.path)}
     if cv:
+        how = "pooled out-of-fold, by patient"
         info["cv_metrics"] = {
-            "slice recall": cv["slice"]["recall"],
-            "slice precision": cv["slice"]["precision"],
-            "Dice (global)": cv["pixel"]["dice_global"],
-            "scan sensitivity": cv["scan"]["sensitivity"],
-            "scan specificity": cv["scan"]["specificity"],
+            f"slice recall ({how})": _round(cv["slice"]["recall"]),
+            f"slice precision ({how})": _round(cv["slice"]["precision"]),
+            f"Dice, global ({how})": _round(cv["pixel"]["dice_global"]),
+            f"scan sensitivity ({how})": _round(cv["scan"]["sensitivity"]),
+            f"scan specificity ({how})": _round(cv["scan"]["specificity"]),
         }
     report = {**summary, "slice_threshold": bundle.pipeline.head_threshold}
     write_report_html(
@@ -77,6 +78,28 @@ def write_report(
         from ichseg.report.pdf import write_report_pdf
 
         write_report_pdf(out_dir / "report.html", out_dir / "report.pdf")
+
+
+def _round(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def model_name(bundle: Bundle) -> str:
+    """The model as a reader should see it: what it is, never a path on this machine."""
+    cv = Path(str(bundle.meta.get("calibration", {}).get("cv", ""))).name
+    kind = f"fold ensemble of {bundle.members} '{cv}' members" if bundle.members > 1 and cv else "single network"
+    return f"{kind} (CT-ICH, {bundle.unet_config.input_size_px}-px U-Net)"
+
+
+def study_label(volume: Any) -> str | None:
+    """Who and what the study is, for the report's header: patient name and ID, study
+    description and date from DICOM; the CT-ICH patient for converted CT-ICH data."""
+    if volume is None:
+        return None
+    parts = [p for p in (volume.patient_name, f"ID {volume.patient_id}" if volume.patient_id else None) if p]
+    if volume.study_description:
+        parts.append(str(volume.study_description))
+    return " · ".join(parts) or None
 
 
 def _version() -> str:

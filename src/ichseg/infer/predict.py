@@ -209,7 +209,7 @@ def write_study_summary(
     NIfTI input. JPG slices carry no geometry, so CT-ICH's is assumed and said: a 650-px
     frame of 0.35 mm pixels (:func:`ichseg.infer.volume.model_pixel_mm`), 5 mm slices."""
     from ichseg.infer.clinical import lesion_json, write_report
-    from ichseg.io.convert import CT_ICH_PIXEL_SPACING_MM
+    from ichseg.io.convert import CT_ICH_PIXEL_SPACING_MM, ctich_id
     from ichseg.report.lesions import lesions, total_volume_ml
 
     w = brains[0].shape[1]
@@ -221,6 +221,7 @@ def write_study_summary(
     summary = {
         "input": str(path),
         "input_kind": "images",
+        "study": f"CT-ICH^{ctich_id(Path(path).name)}" if Path(path).name[-3:].isdigit() else Path(path).name,
         "hemorrhage": bool(found),
         "scan_probability": detail["scan_probability"],
         "total_volume_ml": round(total_volume_ml(found), 3),

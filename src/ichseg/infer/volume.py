@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ichseg.infer.clinical import lesion_json, write_report
+from ichseg.infer.clinical import lesion_json, study_label, write_report
 from ichseg.infer.pipeline import Bundle
 from ichseg.infer.slabs import average_slabs, slab_index, slab_thickness_mm
 from ichseg.infer.study import StudyPrediction
@@ -187,6 +187,7 @@ def predict_volume(
     summary = {
         "input": volume.source,
         "input_kind": "dicom" if dicom else "nifti",
+        "study": study_label(volume),
         "hemorrhage": pred.hemorrhage,
         "scan_probability": round(pred.scan_probability, 5),
         "total_volume_ml": round(total, 3),

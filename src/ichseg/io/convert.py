@@ -108,6 +108,12 @@ def _slice_files(patient_dir: Path) -> list[tuple[int, Path, Path | None, Path |
     return out
 
 
+def ctich_id(folder_name: str) -> str:
+    """A CT-ICH patient number from its folder's name: "049" for ``049`` and for the shipped
+    sample's ``ct-ich-049``."""
+    return folder_name.removeprefix("ct-ich-")
+
+
 def ctich_volume(
     patient_dir: Path | str,
     pixel_spacing_mm: float = CT_ICH_PIXEL_SPACING_MM,
@@ -150,7 +156,7 @@ def ctich_volume(
     d = float(pixel_spacing_mm)
     first = np.array([-(cols - 1) / 2 * d, -(rows - 1) / 2 * d, (files[0][0] - 1) * slice_thickness_mm])
     affine = affine_from_dicom(first, [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], (d, d), np.array([0.0, 0.0, slice_thickness_mm]))
-    pid = patient_dir.name
+    pid = ctich_id(patient_dir.name)
     volume = Volume(
         hu=np.stack(slices),
         spacing_mm=(slice_thickness_mm, d, d),
