@@ -179,3 +179,15 @@ def test_agreement_check_on_real_slices_decides_what_auto_runs(tmp_path: Path) -
     assert bundle_precision(model, "torch", "auto")[0] == ("bf16" if r["passed"] else "fp32")
     bundle = load_bundle(model, runtime="torch", precision="auto")
     assert bundle.meta["precision"] == ("bf16" if r["passed"] else "fp32")
+
+
+def test_train_step_bench_times_each_precision_that_runs_here() -> None:
+    from ichseg.config import UNetConfig
+    from ichseg.train.speed import markdown, measure
+
+    r = measure(UNetConfig(input_size_px=32, base_filters=4, depth=2, batch_norm=True, heads=("hemorrhage",)), (32,), steps=1)
+    ran = {(row["precision"], row["channels_last"]) for row in r["rows"]}
+    assert ran == ({("fp32", False), ("fp32", True)} | ({("bf16", False), ("bf16", True)} if BF16_HERE else set()))
+    assert r["rows"][0]["speedup"] == 1.0 and all(row["s_per_sample"] > 0 for row in r["rows"])
+    assert r["hardware"]["precision"] == ("bf16" if BF16_HERE else "fp32")
+    assert "| 32 | fp32 | no |" in markdown(r)

@@ -391,6 +391,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ichseg.workflow import hardware
 
     out = Path(args.out)
+    if args.train_steps:
+        from ichseg.config import preset
+        from ichseg.train.speed import markdown as step_table
+        from ichseg.train.speed import measure
+
+        result = measure(preset(args.train_preset).unet, tuple(int(v) for v in args.train_steps.split(",")))
+        save_json(result, out / "train_steps.json")
+        print(step_table(result), end="")
+        print(f"-> {out / 'train_steps.json'}")
+        return 0
     studies = pick_studies(args.data, out)
     report = run_bench(
         studies,
@@ -680,8 +690,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--paths",
         type=_bench_paths,
         default=None,
-        help="comma-separated subset of baseline,torch,onnx,openvino,onnx-int8 (default: all installed)",
+        help="comma-separated subset of baseline,torch,onnx,openvino,onnx-int8,torch-bf16,openvino-bf16 "
+        "(default: all installed; the bf16 ones where the CPU has bf16)",
     )
+    s.add_argument(
+        "--train-steps",
+        default=None,
+        metavar="PX,PX",
+        help="instead: seconds per sample of a training step at these input sizes (e.g. 192,256,384), fp32 and bf16",
+    )
+    s.add_argument("--train-preset", choices=PRESETS, default="robust-384", help="whose U-Net --train-steps times")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser(
