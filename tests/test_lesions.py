@@ -205,3 +205,14 @@ def test_centroid_in_world_coordinates_with_an_affine() -> None:
 def test_bad_spacing_is_refused() -> None:
     with pytest.raises(ValueError, match="spacing"):
         volume_ml(np.ones((1, 1, 1), bool), (0.0, 1.0, 1.0))
+
+
+def test_fragments_of_one_collection_are_one_lesion() -> None:
+    mask = np.zeros((2, 100, 100), bool)
+    mask[0, 40:60, 20:30] = True
+    mask[0, 40:60, 33:43] = True  # 3 px = 3 mm from the first: a fragment of the same bleed
+    mask[1, 40:60, 80:90] = True  # 37 mm away on the next slice: another bleed
+    assert len(lesions(mask, (5.0, 1.0, 1.0))) == 3
+    merged = lesions(mask, (5.0, 1.0, 1.0), merge_gap_mm=5.0)
+    assert len(merged) == 2 and merged[0].n_voxels == 400 and merged[1].n_voxels == 200
+    assert sum(les.volume_ml for les in merged) == pytest.approx(volume_ml(mask, (5.0, 1.0, 1.0)))

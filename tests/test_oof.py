@@ -142,3 +142,24 @@ def test_outlined_grid_and_the_pipeline_functions_agree() -> None:
     assert not review_flags(areas, head, 0.5, "fused").any()
     with pytest.raises(ValueError, match="verdict_rule"):
         fuse_verdict(areas, head, 0.5, "both")
+
+
+def test_a_subtype_is_named_only_where_its_head_was_right_out_of_fold() -> None:
+    from types import SimpleNamespace
+
+    from ichseg.evaluate.oof import subtype_thresholds
+    from ichseg.infer.clinical import lesion_json
+
+    rows = []
+    for k in range(10):  # epidural head high on 6 slices, right on 5 of them; subdural head never right
+        r = row("p", k, 100, [[50, 40]], epidural=int(k < 5), subdural=0)
+        r["heads"] = {"hemorrhage": 0.9, "epidural": 0.8 if k < 6 else 0.05, "subdural": 0.6}
+        rows.append(r)
+    t = subtype_thresholds(rows)
+    assert t["epidural"] == 0.1  # 6 slices called at 0.1, 5 of them epidural: 83 % >= 70 %
+    assert t["subdural"] is None  # right 0 % of the time at every threshold
+    les = SimpleNamespace(to_dict=lambda: {"label": 1, "subtype": "epidural", "subtype_probability": 0.85})
+    assert lesion_json(les, {"epidural": 0.8})["subtype"] == "epidural"
+    assert lesion_json(les, {"epidural": 0.9})["subtype"] is None
+    named_nowhere = lesion_json(les, {})
+    assert named_nowhere["subtype"] is None and named_nowhere["subtype_uncalibrated"] == "epidural"

@@ -127,6 +127,7 @@ def summarize_members(cfg_dir: Path, policy: str | None = None, rule: str = "out
         point_rule,
         recall_by_group,
         screen_threshold,
+        subtype_thresholds,
     )
 
     policy = policy or DEFAULT_POLICY
@@ -184,6 +185,7 @@ def summarize_members(cfg_dir: Path, policy: str | None = None, rule: str = "out
         "slices": len(pooled),
         "patients": len({r["patient_id"] for r in pooled}),
         "subtype_auc": _pooled_auc(pooled),
+        "subtype_thresholds": subtype_thresholds(pooled),
     }
 
 
@@ -366,6 +368,8 @@ def _calibration(cfg_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
         "policy": summary["policy"],
         "cv": str(cfg_dir),
         "pooled": summary["pooled"],
+        # a lesion's subtype is named only at or above its head's threshold (evaluate.oof.subtype_thresholds)
+        "subtype_thresholds": summary.get("subtype_thresholds", {}),
     }
 
 

@@ -371,3 +371,30 @@ def recall_by_group(rows: Sequence[dict[str, Any]], point: dict[str, Any]) -> di
         if (m & pos).any():
             sizes[label] = group(m)
     return {"subtype": subtypes, "size": sizes}
+
+
+SUBTYPE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def subtype_thresholds(rows: Sequence[dict[str, Any]], min_precision: float = 0.7, min_slices: int = 5) -> dict[str, Any]:
+    """Per subtype head, the lowest probability at which naming the subtype is right at
+    least ``min_precision`` of the time on the pooled out-of-fold slices with blood (its
+    flag in the CSV is the truth); None when no threshold is, or when fewer than
+    ``min_slices`` slices are called at it: the subtype is then never named, only its
+    probability reported."""
+    from ichseg.data.ctich import SUBTYPES
+
+    pos = [r for r in rows if r["hemorrhage"] and r["heads"]]
+    out: dict[str, Any] = {}
+    for h in SUBTYPES:
+        if not pos or h not in pos[0]["heads"]:
+            continue
+        p = np.array([r["heads"][h] for r in pos])
+        y = np.array([bool(r["flags"].get(h, 0)) for r in pos])
+        out[h] = None
+        for t in SUBTYPE_THRESHOLDS:
+            called = p >= t
+            if called.sum() >= min_slices and y[called].mean() >= min_precision:
+                out[h] = t
+                break
+    return out

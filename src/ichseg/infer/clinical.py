@@ -14,10 +14,22 @@ import numpy as np
 
 from ichseg.infer.pipeline import Bundle
 
+LESION_MERGE_GAP_MM = 5.0
+"""Fragments of one collection less than this apart (in-plane, same or adjacent slice) are one lesion."""
 
-def lesion_json(les: Any) -> dict[str, Any]:
-    """A :class:`~ichseg.report.lesions.Lesion` as its ``summary.json`` entry."""
+
+def lesion_json(les: Any, subtype_thresholds: dict[str, float | None] | None = None) -> dict[str, Any]:
+    """A :class:`~ichseg.report.lesions.Lesion` as its ``summary.json`` entry.
+
+    The subtype is *named* only when its head's probability reaches the threshold the
+    bundle's out-of-fold calibration found (:func:`ichseg.evaluate.oof.subtype_thresholds`:
+    right at least 70 % of the time); otherwise ``subtype`` is None and only the
+    probabilities are given. A bundle without that calibration names none."""
     d = les.to_dict()
+    t = (subtype_thresholds or {}).get(d.get("subtype") or "")
+    if t is None or (d.get("subtype_probability") or 0.0) < t:
+        d["subtype_uncalibrated"] = d.get("subtype")
+        d["subtype"] = None
     keep = (
         "label",
         "n_voxels",
@@ -28,6 +40,7 @@ def lesion_json(les: Any) -> dict[str, Any]:
         "centroid_mm",
         "max_axial_area_mm2",
         "subtype",
+        "subtype_uncalibrated",
         "subtype_probability",
         "subtype_probabilities",
         "abc2_a_mm",
@@ -78,6 +91,11 @@ def write_report(
         from ichseg.report.pdf import write_report_pdf
 
         write_report_pdf(out_dir / "report.html", out_dir / "report.pdf")
+
+
+def bundle_subtype_thresholds(bundle: Bundle) -> dict[str, float | None]:
+    """The subtype thresholds of the bundle's calibration ({} when it has none)."""
+    return dict(bundle.meta.get("calibration", {}).get("subtype_thresholds") or {})
 
 
 def _round(v: float | None) -> str:

@@ -208,7 +208,7 @@ def write_study_summary(
     """``summary.json`` and ``report.html`` for a folder of slice images, as for a DICOM or
     NIfTI input. JPG slices carry no geometry, so CT-ICH's is assumed and said: a 650-px
     frame of 0.35 mm pixels (:func:`ichseg.infer.volume.model_pixel_mm`), 5 mm slices."""
-    from ichseg.infer.clinical import lesion_json, write_report
+    from ichseg.infer.clinical import LESION_MERGE_GAP_MM, bundle_subtype_thresholds, lesion_json, write_report
     from ichseg.io.convert import CT_ICH_PIXEL_SPACING_MM, ctich_id
     from ichseg.report.lesions import lesions, total_volume_ml
 
@@ -216,7 +216,7 @@ def write_study_summary(
     pixel = float(CT_ICH_PIXEL_SPACING_MM) * 650.0 / w
     spacing = (CT_ICH_SLICE_MM, pixel, pixel)
     masks = np.stack(pred.masks)
-    found = lesions(masks, spacing, pred.heads)
+    found = lesions(masks, spacing, pred.heads, merge_gap_mm=LESION_MERGE_GAP_MM)
     n = len(brains)
     summary = {
         "input": str(path),
@@ -225,7 +225,7 @@ def write_study_summary(
         "hemorrhage": bool(found),
         "scan_probability": detail["scan_probability"],
         "total_volume_ml": round(total_volume_ml(found), 3),
-        "lesions": [lesion_json(les) for les in found],
+        "lesions": [lesion_json(les, bundle_subtype_thresholds(bundle)) for les in found],
         "coordinates": "voxel grid mm (slice, row, column) from slice 1",
         "geometry": f"assumed CT-ICH geometry: {pixel:.3f} mm pixels (a 650-px frame of 0.35 mm), {CT_ICH_SLICE_MM:g} mm slices",
         "slices": n,

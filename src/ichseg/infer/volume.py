@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ichseg.infer.clinical import lesion_json, study_label, write_report
+from ichseg.infer.clinical import LESION_MERGE_GAP_MM, bundle_subtype_thresholds, lesion_json, study_label, write_report
 from ichseg.infer.pipeline import Bundle
 from ichseg.infer.slabs import average_slabs, slab_index, slab_thickness_mm
 from ichseg.infer.study import StudyPrediction
@@ -144,6 +144,7 @@ def predict_volume(
         pred.heads,
         index_to_world_mm=_index_to_world(volume, dicom),
         slice_thickness_mm=volume.slice_extents_mm(),
+        merge_gap_mm=LESION_MERGE_GAP_MM,
     )
     total = total_volume_ml(found)
     n = len(masks)
@@ -191,7 +192,7 @@ def predict_volume(
         "hemorrhage": pred.hemorrhage,
         "scan_probability": round(pred.scan_probability, 5),
         "total_volume_ml": round(total, 3),
-        "lesions": [lesion_json(les) for les in found],
+        "lesions": [lesion_json(les, bundle_subtype_thresholds(bundle)) for les in found],
         "coordinates": "DICOM patient LPS mm" if dicom else "RAS+ mm (NIfTI world)",
         "slices": n,
         "positive_slices": [k + 1 for k in range(n) if pred.verdict[k]],

@@ -291,7 +291,8 @@ def _lesion_table(found: Sequence[Mapping[str, Any]]) -> str:
         '<p class="note">Volume: voxels of the predicted outline × voxel volume. ABC/2: A = largest diameter on the '
         "slice with the largest area, B = largest diameter at right angles to A, C = slices weighted by area "
         "(1 if ≥ 75 % of the largest, ½ if 25–75 %, 0 below) × slice thickness (Kothari et al., Stroke 1996). "
-        "Subtype: the most probable subtype averaged over the lesion's slices. Slices are numbered from 1 in "
+        "Subtype: the most probable subtype averaged over the lesion's slices, named only where the model's "
+        "cross-validation found that head right at least 70 % of the time (— otherwise). Slices are numbered from 1 in "
         "the order of the input.</p>"
     )
 
@@ -309,7 +310,7 @@ def _subtype_html(subtype_probs: Mapping[str, float]) -> str:
     return (
         '<table class="keep" style="width:auto"><thead><tr><th>Subtype</th><th class="num">Probability</th><th></th>'
         "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
-        '<p class="note">Scan-level probabilities of the slice classifier\'s subtype heads; they can overlap and '
+        '<p class="note">Scan-level probabilities of the slice classifier\'s subtype heads, uncalibrated; they can overlap and '
         "do not sum to 1.</p>"
     )
 

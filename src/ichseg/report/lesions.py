@@ -156,6 +156,19 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return compact.astype(np.int32)[labels], int(compact.max())
 
 
+def bridged(mask: np.ndarray, spacing_mm: Sequence[float], gap_mm: float) -> np.ndarray:
+    """``mask`` with each slice dilated by half of ``gap_mm`` (an ellipse in pixels of the
+    row and column spacing), so fragments less than ``gap_mm`` apart touch."""
+    _, sy, sx = _check_spacing(spacing_mm)
+    ry, rx = max(1, round(gap_mm / 2 / sy)), max(1, round(gap_mm / 2 / sx))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rx + 1, 2 * ry + 1))
+    out = np.zeros_like(mask, dtype=bool)
+    for k in range(len(mask)):
+        if mask[k].any():
+            out[k] = cv2.dilate(mask[k].astype(np.uint8), kernel) > 0
+    return out
+
+
 def ab_diameters_mm(slice_mask: np.ndarray, row_col_spacing_mm: Sequence[float]) -> tuple[float, float]:
     """A and B of ABC/2 on one axial slice, in mm.
 
@@ -272,6 +285,7 @@ def lesions(
     *,
     index_to_world_mm: np.ndarray | None = None,
     slice_thickness_mm: np.ndarray | None = None,
+    merge_gap_mm: float = 0.0,
 ) -> list[Lesion]:
     """The mask's 3-D connected lesions, largest first (``label`` 1 = largest).
 
@@ -287,10 +301,14 @@ def lesions(
     slice_thickness_mm: optional (N,) extent of each slice along the normal
         (:meth:`ichseg.io.volume.Volume.slice_extents_mm`), for a series whose spacing
         changes: each voxel's depth is its own slice's, in the volume and in ABC/2's C.
+    merge_gap_mm: fragments closer than this in-plane (on one slice, or on adjacent slices)
+        are one lesion: a collection the threshold cut into pieces is reported as the one
+        bleed it is. 0 keeps every connected component apart.
     """
     spacing = _check_spacing(spacing_mm)
     mask = np.asarray(mask, dtype=bool)
-    labels, k = label_components(mask)
+    labels, k = label_components(bridged(mask, spacing, merge_gap_mm) if merge_gap_mm > 0 else mask)
+    labels = labels * mask  # the bridges only join; each lesion is its own voxels
     if k == 0:
         return []
     if index_to_world_mm is not None:
