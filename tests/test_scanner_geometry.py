@@ -119,3 +119,31 @@ def test_an_anonymised_export_is_predicted_without_a_seg_it_could_not_cite(strai
     assert got["total_volume_ml"] == ref["total_volume_ml"] and got["slices"] == ref["slices"]
     assert not (tmp_path / "out" / "segmentation.dcm").exists() and (tmp_path / "out" / "mask.nii.gz").exists()
     assert (tmp_path / "ref" / "segmentation.dcm").exists()
+
+
+def test_an_enhanced_multiframe_ct_gives_the_masks_of_its_single_frame_series(straight: Path, tmp_path: Path) -> None:
+    """The sample converted by highdicom into one Legacy Converted Enhanced CT instance
+    (every slice a frame, geometry and rescale in functional groups)."""
+    import highdicom as hd
+
+    dss = _slices(straight)
+    for d in dss:  # attributes the Enhanced CT module requires and the converter does not write
+        d.Manufacturer = d.get("Manufacturer") or "ichseg"
+        d.KVP = "120"
+        d.AcquisitionNumber = 1
+        d.ContentDate, d.ContentTime = d.get("ContentDate", "20240101"), d.get("ContentTime", "120000")
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        dss, series_instance_uid=generate_uid(), series_number=2, sop_instance_uid=generate_uid(), instance_number=1
+    )
+    folder = tmp_path / "enhanced"
+    folder.mkdir()
+    enhanced.save_as(folder / "enhanced.dcm")
+    ref = _predict(straight, tmp_path / "ref")
+    got = _predict(folder, tmp_path / "out")
+    assert got["slices"] == ref["slices"] and got["total_volume_ml"] == pytest.approx(ref["total_volume_ml"], abs=1e-3)
+    import nibabel as nib
+
+    a = np.asarray(nib.load(str(tmp_path / "ref" / "mask.nii.gz")).dataobj)
+    b = np.asarray(nib.load(str(tmp_path / "out" / "mask.nii.gz")).dataobj)
+    assert np.array_equal(a, b)
+    assert not (tmp_path / "out" / "segmentation.dcm").exists()  # a SEG citing frames is not written yet

@@ -237,6 +237,9 @@ def seg_blockers(volume: Volume, sources: list) -> str | None:
     for tag in ("StudyInstanceUID", "FrameOfReferenceUID"):
         if any(not ds.get(tag) for ds in sources):
             missing.append(tag)
+    uids = volume.sop_instance_uids or []
+    if len(set(uids)) < len(uids):
+        missing.append("single-frame instances (one multi-frame instance holds the slices; a SEG of frames is not written yet)")
     return ", ".join(missing) or None
 
 

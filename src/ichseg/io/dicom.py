@@ -21,6 +21,7 @@ pixel handlers; JPEG family decoders come from ``pylibjpeg``, ``pylibjpeg-libjpe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections import defaultdict
@@ -74,6 +75,8 @@ class _Header:
     kernel: str = ""  # ConvolutionKernel, upper case ("" when absent)
     thickness_mm: float | None = None  # SliceThickness
     anonymous: bool = False  # no SeriesInstanceUID: grouped by folder and geometry instead
+    frame: int | None = None  # a frame of a multi-frame (Enhanced CT) instance, 0-based
+    frames_total: int = 1  # how many frames that instance holds
 
     @property
     def is_localizer(self) -> bool:
@@ -192,7 +195,34 @@ def _read_header(path: Path) -> _Header | None:
 def _scan(folder: Path) -> tuple[list[_Header], int]:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     headers = [h for h in (_read_header(p) for p in files) if h is not None]
-    return headers, len(files)
+    return [f for h in headers for f in expand_frames(h)], len(files)
+
+
+def expand_frames(h: _Header) -> list[_Header]:
+    """A multi-frame instance as one header per frame, each with the geometry its
+    functional groups give (:mod:`ichseg.io.dicom_frames`); a single-frame one as it is."""
+    if h.frames <= 1 or h.ds is None or "PerFrameFunctionalGroupsSequence" not in h.ds:
+        return [h]
+    from ichseg.io.dicom_frames import frame_geometry
+
+    out = []
+    for k in range(h.frames):
+        g = frame_geometry(h.ds, k)
+        spacing = _floats(g["pixel_spacing"] or [], 2)
+        out.append(
+            dataclasses.replace(
+                h,
+                frames=1,
+                frame=k,
+                frames_total=h.frames,
+                position=_floats(g["position"] or [], 3),
+                orientation=_floats(g["orientation"] or [], 6),
+                pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing is not None else None,
+                thickness_mm=_positive_float(g["thickness"]) or h.thickness_mm,
+            )
+        )
+    log.info("%s: multi-frame CT, %d frames read as slices", h.path, h.frames)
+    return out
 
 
 def _describe_files(headers: list[_Header], limit: int = 3) -> str:
@@ -334,19 +364,20 @@ def describe_series(images: list[_Header]) -> str:
 def _check_series(folder: Path, series: list[_Header]) -> tuple[list[_Header], np.ndarray, np.ndarray]:
     """Validate one series' headers; return them in slice order with their positions along the
     normal and the normal itself."""
-    by_uid: dict[str, _Header] = {}
+    by_uid: dict[tuple[str, int | None], _Header] = {}
     unique = []
     for h in series:
-        if h.sop_instance_uid is not None and h.sop_instance_uid in by_uid:
-            log.warning("%s: same SOPInstanceUID as %s (a copy); skipped", h.path, by_uid[h.sop_instance_uid].path)
+        key = (str(h.sop_instance_uid), h.frame)  # the frames of one Enhanced CT share its UID
+        if h.sop_instance_uid is not None and key in by_uid:
+            log.warning("%s: same SOPInstanceUID as %s (a copy); skipped", h.path, by_uid[key].path)
             continue
         if h.sop_instance_uid is not None:
-            by_uid[h.sop_instance_uid] = h
+            by_uid[key] = h
         unique.append(h)
     series = unique
     for h in series:
         if h.frames > 1:
-            raise DicomError(f"{h.path}: multi-frame image ({h.frames} frames, e.g. Enhanced CT) is not supported")
+            raise DicomError(f"{h.path}: multi-frame image ({h.frames} frames) without per-frame geometry")
         missing = [
             name
             for name, value in (
@@ -428,10 +459,28 @@ def spacing_runs(steps: np.ndarray) -> list[tuple[float, int]]:
     return runs
 
 
+_FRAME_CACHE: dict[str, tuple[Any, np.ndarray]] = {}  # the multi-frame instance being read: decoded once
+
+
 def _read_pixels(h: _Header) -> tuple[np.ndarray, Any]:
-    """HU of one slice (float32), and its full dataset; errors name the file."""
+    """HU of one slice (float32), and its full dataset; errors name the file. A frame of
+    a multi-frame instance is cut from the instance, decoded once for all its frames."""
     import pydicom
     from pydicom.pixels import apply_modality_lut
+
+    if h.frame is not None:
+        from ichseg.io.dicom_frames import frame_hu
+
+        key = str(h.path)
+        if key not in _FRAME_CACHE:
+            _FRAME_CACHE.clear()
+            try:
+                ds = pydicom.dcmread(h.path)
+                _FRAME_CACHE[key] = (ds, np.asarray(ds.pixel_array).reshape(h.frames_total, h.rows, h.columns))
+            except Exception as exc:
+                raise DicomError(f"{h.path}: cannot read multi-frame pixel data ({exc})") from exc
+        ds, pixels = _FRAME_CACHE[key]
+        return frame_hu(ds, pixels, h.frame), ds
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -503,6 +552,7 @@ def read_dicom_series(folder: Path | str, series_uid: str | None = None) -> Volu
         hu, ds = _read_pixels(h)
         slices.append(hu)
         datasets.append(ds)
+    _FRAME_CACHE.clear()
     first = series[0]
     n = len(series)
     extra: dict[str, Any] = {"series_choice": why}
