@@ -56,9 +56,15 @@ def test_shipped_model_is_deterministic(bundle) -> None:
 
 
 def test_shipped_model_finds_an_obvious_bleed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
     truth = write_lesion_study(tmp_path / "patient", seed=0, n_slices=3)
-    for run in ("a", "b"):  # through the CLI with no --model: the shipped model is the default
-        assert main(["predict", str(tmp_path / "patient"), "--out", str(tmp_path / run), "--no-overlays"]) == 0
+    # through the CLI with no --model (the shipped model is the default), here and in a
+    # fresh process: the same outputs whatever the process
+    assert main(["predict", str(tmp_path / "patient"), "--out", str(tmp_path / "a"), "--no-overlays"]) == 0
+    cmd = [sys.executable, "-m", "ichseg.cli", "-q", "predict", str(tmp_path / "patient"), "--out", str(tmp_path / "b")]
+    assert subprocess.run([*cmd, "--no-overlays"], capture_output=True, timeout=300).returncode == 0
     a, b = (json.loads((tmp_path / r / "predictions.json").read_text()) for r in ("a", "b"))
     assert a["slices_detail"] == b["slices_detail"]
     assert Path(a["model"]).resolve() == PACKAGED_MODEL.resolve()
@@ -87,8 +93,9 @@ def test_evaluate_defaults_to_shipped_model_and_counts_add_up(tiny_data: Path, t
     assert sc["tp"] + sc["tn"] + sc["fp"] + sc["fn"] == m["patients"] == 5
     assert set(sc) == {"tp", "tn", "fp", "fn", "sensitivity", "specificity"}
     assert set(m["subtype_auc"]) == {*ALL_HEADS[1:]}
-    for key in ("recall", "precision"):
-        assert s[key] is None or 0 <= s[key] <= 1
+    assert s["recall"] == (s["tp"] / (s["tp"] + s["fn"]) if s["tp"] + s["fn"] else None)
+    assert s["precision"] == (s["tp"] / (s["tp"] + s["fp"]) if s["tp"] + s["fp"] else None)
+    assert sc["sensitivity"] == (sc["tp"] / (sc["tp"] + sc["fn"]) if sc["tp"] + sc["fn"] else None)
     for key in ("dice_global", "iou_global"):
         assert key in m["pixel"]
     assert m["patients_seen_in_training"] == []  # generated patients are not CT-ICH's
@@ -110,6 +117,11 @@ def test_shipped_model_calls_a_real_bleeding_study_positive(tmp_path: Path) -> N
     folder = next(p for p in (REAL_DATA / "Patients_CT").iterdir() if int(p.name) == int(pid))
     assert main(["predict", str(folder), "--out", str(tmp_path / "pred"), "--no-overlays"]) == 0
     assert json.loads((tmp_path / "pred" / "predictions.json").read_text())["study_hemorrhage"] == 1
+    # and a normal one negative (patient 100: no slice with blood; scan probability 0.04
+    # when this was written), with nothing drawn
+    assert main(["predict", str(REAL_DATA / "Patients_CT" / "100"), "--out", str(tmp_path / "normal"), "--no-overlays"]) == 0
+    normal = json.loads((tmp_path / "normal" / "summary.json").read_text())
+    assert not normal["hemorrhage"] and normal["total_volume_ml"] == 0.0 and normal["scan_probability"] < 0.5
 
 
 def test_graph_runtimes_predict_without_importing_pytorch(tmp_path: Path) -> None:
