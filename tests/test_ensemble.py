@@ -282,3 +282,24 @@ def test_fold_ensemble_cv_resume_assemble_predict_evaluate_stress(
         for k in ("dice", "recall", "precision", "fp_px_per_normal_patient"):
             assert k in r
     assert s["table"][0]["dice_change"] == 0
+
+    # one network for the price of one: the rule the folds measured, trained on every
+    # patient, at the same pooled out-of-fold point (no screening: there is one member)
+    rel = ["release", "--data", str(tiny_data), "--out", str(tmp_path / "one"), "--cv", str(results / "ens")]
+    assert main([*rel, "--cv-work", str(work), "--image-size", str(SMALL_PX), "--single", "--no-progress"]) == 0
+    one = load_bundle(tmp_path / "one" / "model")
+    assert one.members == 1 and one.screen is None and one.pipeline.screen_threshold is None
+    assert one.pipeline.mask_threshold == op["mask_threshold"] and one.pipeline.head_threshold == op["head_threshold"]
+    body = json.loads((tmp_path / "one" / "model" / "pipeline.json").read_text())
+    everyone = sorted(p.name for p in (tiny_data / "Patients_CT").iterdir())
+    assert body["trained_on"]["patients"] == everyone and body["ensemble"] == {"members": 1, "single": True, "cv_folds": [0, 1]}
+    from ichseg.single import single_dir
+
+    single = load_file(str(single_dir(work, "ens") / "train" / "unet" / "last.safetensors"))
+    shipped = load_file(str(tmp_path / "one" / "model" / "unet.safetensors"))
+    assert single.keys() == shipped.keys() and all(torch.equal(single[k], shipped[k]) for k in single)
+    from ichseg.ensemble import recalibrate
+
+    assert recalibrate(tmp_path / "one" / "model", results / "ens")["operating_point"]["mask_threshold"] == op["mask_threshold"]
+    assert json.loads((tmp_path / "one" / "model" / "pipeline.json").read_text())["pipeline"]["screen_threshold"] is None
+    assert predict_path(one, patient, tmp_path / "p1")

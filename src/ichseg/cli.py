@@ -527,6 +527,23 @@ def cmd_release(args: argparse.Namespace) -> int:
         s = recalibrate(Path(args.recalibrate), Path(args.cv), policy=args.policy)
         print(f"{args.recalibrate}: operating point {s['operating_point']} (pooled {s['pooled']['slice']})")
         return 0
+    if is_ensemble_dir(Path(args.cv)) and args.single:  # one network on every patient, the CV's own rule
+        from ichseg.single import release_single
+
+        bundle = release_single(
+            Path(args.data),
+            Path(args.cv_work),
+            Path(args.cv),
+            Path(args.out) / "model",
+            policy=args.policy,
+            progress=not args.no_progress,
+            skip_bad=args.skip_bad,
+            expected_size_px=args.image_size or None,
+        )
+        print(f"single network -> {bundle} ({(time.perf_counter() - t0) / 60:.1f} min)")
+        if args.install:
+            print(f"installed as the shipped model -> {install(bundle)}")
+        return 0
     if is_ensemble_dir(Path(args.cv)):  # the fold members are the model: assembled, not retrained
         from ichseg.ensemble import assemble
 
@@ -782,6 +799,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cv-work", type=Path, default=Path("runs/cv"), help="fold ensembles: the cv --out folder with the members")
     s.add_argument("--policy", default=None, help="fold ensembles: operating-point policy (default scan_safe_f2_dice)")
     s.add_argument("--install", action="store_true", help="copy the bundle into the package as the shipped default")
+    s.add_argument(
+        "--single",
+        action="store_true",
+        help="fold ensembles: instead of the K members, train one network on every patient (the rule the folds measured; "
+        "trains under --cv-work/<name>/all)",
+    )
     s.add_argument(
         "--recalibrate",
         type=Path,

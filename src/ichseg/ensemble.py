@@ -296,15 +296,13 @@ def assemble(
     point; returns ``out_dir``. With ``data_dir`` the training patients' image
     fingerprints are recorded, so ``evaluate`` can tell when it is shown them again."""
     from ichseg.models.weights import load_model, save_ensemble
-    from ichseg.workflow import hardware
 
     summary = summarize_members(cfg_dir, policy)
     folds = load_member_folds(cfg_dir)
-    name = summary["name"]
     config = from_dict(RunConfig, folds[0]["config"])
     members, metas = [], []
     for f in folds:
-        m, ucfg, meta = load_model(member_dir(work_root, name, f["fold"]) / "last")
+        m, ucfg, meta = load_model(member_dir(work_root, summary["name"], f["fold"]) / "last")
         members.append(m)
         metas.append({"fold": f["fold"], "epoch": meta.get("epoch"), "train_patients": f["train_patients"]})
     out_dir = Path(out_dir)
@@ -322,32 +320,65 @@ def assemble(
         },
         fp16=fp16,
     )
-    pipeline = _chosen_pipeline(config, summary)
     everyone = sorted({p for f in folds for p in f["val_patients"]})
-    trained_on: dict[str, Any] = {"patients": everyone, "data_checksum": folds[0]["data_checksum"]}
+    write_bundle_json(
+        out_dir,
+        config,
+        _chosen_pipeline(config, summary),
+        cfg_dir,
+        summary,
+        ensemble={"members": len(members), "folds": [m["fold"] for m in metas], "fp16_storage": fp16},
+        patients=everyone,
+        data_checksum=folds[0]["data_checksum"],
+        training={f"fold{f['fold']}": f["training"].get("unet", {}) for f in folds},
+        data_dir=data_dir,
+        expected_size_px=expected_size_px,
+    )
+    return out_dir
+
+
+def write_bundle_json(
+    out_dir: Path,
+    config: RunConfig,
+    pipeline: Any,
+    cfg_dir: Path,
+    summary: dict[str, Any],
+    *,
+    ensemble: dict[str, Any],
+    patients: list[str],
+    data_checksum: str,
+    training: dict[str, Any],
+    data_dir: Path | None = None,
+    expected_size_px: int | None = 650,
+) -> None:
+    """``pipeline.json``, ``config.json`` and ``cv_summary.json`` of a bundle whose
+    operating point comes from the pooled out-of-fold rows of ``cfg_dir``."""
+    from ichseg.workflow import hardware
+
+    trained_on: dict[str, Any] = {"patients": patients, "data_checksum": data_checksum}
     if data_dir is not None:
         from ichseg.data.ctich import build_index
         from ichseg.release import patient_fingerprints
 
-        records = [r for r in build_index(data_dir, expected_size_px=expected_size_px).records if r.patient_id in everyone]
+        records = [r for r in build_index(data_dir, expected_size_px=expected_size_px).records if r.patient_id in patients]
         trained_on["patient_fingerprints"] = patient_fingerprints(records)
     body = {
         "pipeline": to_dict(pipeline),
         "preprocess": to_dict(config.preprocess),
         "calibration": _calibration(cfg_dir, summary),
-        "ensemble": {"members": len(members), "folds": [m["fold"] for m in metas], "fp16_storage": fp16},
+        "ensemble": ensemble,
         "trained_on": trained_on,
-        "training": {f"fold{f['fold']}": f["training"].get("unet", {}) for f in folds},
+        "training": training,
         "hardware": hardware(),
     }
-    save_json(body, out_dir / "pipeline.json")
-    save_json(to_dict(config), out_dir / "config.json")
-    atomic_write_text(out_dir / "cv_summary.json", json.dumps(summary, indent=1) + "\n")
-    return out_dir
+    save_json(body, Path(out_dir) / "pipeline.json")
+    save_json(to_dict(config), Path(out_dir) / "config.json")
+    atomic_write_text(Path(out_dir) / "cv_summary.json", json.dumps(summary, indent=1) + "\n")
 
 
-def _chosen_pipeline(config: RunConfig, summary: dict[str, Any]):
-    """The configuration's pipeline at the operating point chosen on the pooled folds."""
+def _chosen_pipeline(config: RunConfig, summary: dict[str, Any], *, screening: bool = True):
+    """The configuration's pipeline at the operating point chosen on the pooled folds
+    (``screening`` False for a single network: there is no first member to screen with)."""
     op = summary["operating_point"]
     return dataclasses.replace(
         config.pipeline,
@@ -356,7 +387,7 @@ def _chosen_pipeline(config: RunConfig, summary: dict[str, Any]):
         head_threshold=op["head_threshold"],
         verdict_rule=op["verdict_rule"],
         head_mask_threshold=op["head_mask_threshold"],
-        screen_threshold=op["screen_threshold"],
+        screen_threshold=op["screen_threshold"] if screening else None,
         gate_sensitivity=None,
         tune_operating_point=False,
     )
@@ -384,11 +415,13 @@ def recalibrate(model_dir: Path, cfg_dir: Path, policy: str | None = None) -> di
     if made_from != Path(cfg_dir).name:
         raise ValueError(f"{model_dir}: assembled from {made_from or 'unknown folds'!r}, not {Path(cfg_dir).name!r}")
     folds = load_member_folds(cfg_dir)
-    if sorted(f["fold"] for f in folds) != sorted(body.get("ensemble", {}).get("folds", [])):
-        raise ValueError(f"{cfg_dir}: its folds are not the bundle's members ({body.get('ensemble', {}).get('folds')})")
+    ens = body.get("ensemble", {})
+    made_of = ens.get("cv_folds", ens.get("folds", []))  # a single network names the folds that chose its point
+    if sorted(f["fold"] for f in folds) != sorted(made_of):
+        raise ValueError(f"{cfg_dir}: its folds are not the ones the bundle was made from ({made_of})")
     summary = summarize_members(cfg_dir, policy)
     config = from_dict(RunConfig, folds[0]["config"])
-    body["pipeline"] = to_dict(_chosen_pipeline(config, summary))
+    body["pipeline"] = to_dict(_chosen_pipeline(config, summary, screening=not ens.get("single")))
     body["calibration"] = _calibration(cfg_dir, summary)
     save_json(body, model_dir / "pipeline.json")
     atomic_write_text(model_dir / "cv_summary.json", json.dumps(summary, indent=1) + "\n")
