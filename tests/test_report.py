@@ -82,10 +82,10 @@ def test_html_is_self_contained_and_says_what_it_must(tmp_path: Path) -> None:
     assert "66 patients" in text and "estimated" in text  # the model's limits
     assert "0.72 [0.61, 0.84]" in text  # cross-validated figures from model_info
     assert "intraparenchymal (0.72)" in text  # the lesion's subtype with its mean probability (0.9 × 0.8)
-    # every inlined image is a PNG that decodes: 3 panels for the key slice, plus the plot
+    # every inlined image is a PNG that decodes: 3 panels for the key slice
     uris = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
     decoded = [cv2.imdecode(np.frombuffer(base64.b64decode(u), np.uint8), cv2.IMREAD_UNCHANGED) for u in uris]
-    assert len(decoded) == 4 and all(d is not None and d.size for d in decoded)
+    assert len(decoded) == 3 and all(d is not None and d.size for d in decoded)
     assert decoded[0].shape == (160, 160)  # the plain CT, at its own size
 
 
@@ -135,3 +135,24 @@ def test_pdf_starts_with_pdf_and_has_pages(tmp_path: Path) -> None:
         info = subprocess.run(["pdfinfo", str(pdf_path)], capture_output=True, text=True, check=True, timeout=60).stdout
         assert int(re.search(r"^Pages:\s+(\d+)", info, flags=re.M).group(1)) == pages
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.pdf"]
+
+
+def test_probability_plot_is_valid_svg_with_one_bar_per_slice() -> None:
+    import xml.etree.ElementTree as ET
+
+    from ichseg.report.html import probability_plot_svg
+
+    probs = np.array([0.05, 0.9, 0.6, 0.2, np.nan])
+    root = ET.fromstring(probability_plot_svg(probs, 0.5, marked_slices=[2, 9]))
+    ns = ""  # inline in HTML: no namespace (and no URL in the report)
+    bars = [r for r in root.iter(f"{ns}rect") if r.find(f"{ns}title") is not None]
+    want = [0.05, 0.9, 0.6, 0.2, 0.0]
+    assert [b.find(f"{ns}title").text for b in bars] == [f"slice {i}: {p:.2f}" for i, p in enumerate(want, 1)]
+    assert [b.get("fill") for b in bars] == ["#78909c", "#c62828", "#c62828", "#78909c", "#78909c"]  # red at or above 0.5
+    heights = [float(b.get("height")) for b in bars]
+    assert heights[1] > heights[2] > heights[3] > heights[0] > heights[4] == 0.0
+    shaded = [r for r in root.iter(f"{ns}rect") if r.get("fill") == "#ffcdd2" and r.get("y") != "8"]
+    assert len(shaded) == 1  # slice 2 only: slice 9 does not exist
+    texts = [t.text for t in root.iter(f"{ns}text")]
+    assert "decision threshold 0.50" in texts and "outlined blood" in texts
+    assert "decision threshold" not in " ".join(t or "" for t in ET.fromstring(probability_plot_svg(probs, None)).itertext())
