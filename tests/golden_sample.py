@@ -21,8 +21,8 @@ def sample_outputs(out_dir: Path) -> dict[str, Any]:
     """Run the CLI's predict on the sample into ``out_dir``; the parts of its answer that do
     not depend on where or when it ran."""
     from ichseg.cli import main
+    from ichseg.files import sha256_file
     from ichseg.hardware import cpu_kind
-    from ichseg.io import sha256_file
     from ichseg.release import PACKAGED_MODEL
     from ichseg.sample import sample_study_dir
 

@@ -20,9 +20,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ichseg.cli import main
+from ichseg.data.convert import CT_ICH_PIXEL_SPACING_MM, convert_patient, convert_patient_detailed, ctich_volume
 from ichseg.data.ctich import DatasetError
 from ichseg.data.windows import hu_to_windows
-from ichseg.io.convert import CT_ICH_PIXEL_SPACING_MM, convert_patient, convert_patient_detailed, ctich_volume
 from ichseg.io.dicom import DicomError, read_dicom_series
 from ichseg.io.nifti import NiftiError, read_nifti, write_mask_nifti
 from ichseg.io.volume import FLIP_XY, Volume, lps_to_ras, ras_to_lps

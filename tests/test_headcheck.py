@@ -52,7 +52,7 @@ def phantom(img: np.ndarray) -> None:
 
 
 def test_real_heads_pass() -> None:
-    from ichseg.io.convert import ctich_volume
+    from ichseg.data.convert import ctich_volume
 
     vol, _, _ = ctich_volume(SAMPLE)
     r = check_head_ct(vol.hu, vol.pixel_spacing)
@@ -89,7 +89,7 @@ def test_predict_refuses_a_non_head_before_writing(tmp_path: Path, capsys: pytes
 
 @pytest.mark.skipif(not REAL_DATA.exists(), reason="needs ../shared/ct-ich")
 def test_every_development_patient_is_a_head() -> None:
-    from ichseg.io.convert import ctich_volume
+    from ichseg.data.convert import ctich_volume
 
     for p in sorted((REAL_DATA / "Patients_CT").iterdir())[::6]:
         vol, _, _ = ctich_volume(p)

@@ -12,9 +12,9 @@ import pytest
 
 from ichseg import hardware
 from ichseg.evaluate.precision import compare_precisions, mask_agreement, write_record
+from ichseg.files import sha256_file
 from ichseg.infer.pipeline import PRECISION_RECORD, bf16_validated, bundle_precision, load_bundle
 from ichseg.infer.study import StudyPrediction
-from ichseg.io import sha256_file
 
 SHIPPED = Path(__file__).resolve().parents[1] / "src" / "ichseg" / "weights" / "default"
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "ichseg" / "sample" / "ct-ich-049"

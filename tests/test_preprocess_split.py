@@ -108,7 +108,7 @@ def test_split_of_tiny_cohort_still_has_validation() -> None:
 
 
 def test_atomic_write_leaves_normal_permissions(tmp_path: Path) -> None:
-    from ichseg.io import atomic_write_text
+    from ichseg.files import atomic_write_text
 
     old = os.umask(0o022)
     try:

@@ -19,7 +19,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "src" / "ichseg" / "sample" / "ct
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ichseg.io.convert import convert_patient
+    from ichseg.data.convert import convert_patient
 
     return Path(convert_patient(SAMPLE, "dicom", tmp_path_factory.mktemp("straight") / "series"))
 

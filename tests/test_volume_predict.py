@@ -93,7 +93,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.skipif(not REAL_DATA.exists(), reason="needs ../shared/ct-ich")
 @pytest.mark.parametrize("patient", ["066", "049"])
 def test_jpg_dicom_and_nifti_paths_give_the_same_masks(patient: str, tmp_path: Path) -> None:
-    from ichseg.io.convert import convert_patient
+    from ichseg.data.convert import convert_patient
 
     src = REAL_DATA / "Patients_CT" / patient
     dicom = convert_patient(src, "dicom", tmp_path / "dicom")

@@ -142,8 +142,8 @@ def _baseline_once(study: Path, out: Path, model) -> None:
     import torch
 
     from ichseg.data.cache import read_grey_u8, resize_image_u8
+    from ichseg.files import atomic_write_png
     from ichseg.infer.predict import find_inputs
-    from ichseg.io import atomic_write_png
 
     with torch.inference_mode():
         for s in find_inputs(study):

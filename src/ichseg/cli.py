@@ -219,7 +219,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.sample:
         if args.path is not None:
             raise SystemExit("give either PATH or --sample, not both")
-        from ichseg.io.convert import convert_patient
+        from ichseg.data.convert import convert_patient
         from ichseg.sample import sample_study_dir
 
         args.path = convert_patient(sample_study_dir(), "dicom", Path(args.out) / "input_dicom")
@@ -371,7 +371,7 @@ def cmd_check_precision(args: argparse.Namespace) -> int:
     model_dir = _model_dir(args)
     r = compare_precisions(model_dir, studies, runtime=args.runtime, repeats=args.repeats)
     if args.out:
-        from ichseg.io import atomic_write_text
+        from ichseg.files import atomic_write_text
 
         atomic_write_text(Path(args.out), json.dumps(r, indent=1) + "\n")
     for name, row in r["studies"].items():
@@ -423,7 +423,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ichseg.io.convert import convert_patient_detailed, summary_lines
+    from ichseg.data.convert import convert_patient_detailed, summary_lines
 
     result = convert_patient_detailed(Path(args.patient), args.to, Path(args.out))
     print("\n".join(summary_lines(result)))
@@ -432,7 +432,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_stress(args: argparse.Namespace) -> int:
     from ichseg.evaluate.stress import markdown, run_stress
-    from ichseg.io import atomic_write_text
+    from ichseg.files import atomic_write_text
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -591,7 +591,7 @@ def cmd_cv_table(args: argparse.Namespace) -> int:
         print(f"\n## {cfg_dir.name} (fold ensemble, {summary['folds']}/{summary['of']} folds)\n")
         print(ensemble_markdown(summary), end="")
         if args.json:
-            from ichseg.io import atomic_write_text
+            from ichseg.files import atomic_write_text
 
             path = Path(args.json) / f"{cfg_dir.name}.json"
             atomic_write_text(path, __import__("json").dumps(summary, indent=1) + "\n")
@@ -870,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_flush_denormal(True)
     _init_distributed(args)
     configure_logging(verbose=args.verbose, quiet=args.quiet)
-    from ichseg.data.ctich import DatasetError
+    from ichseg.errors import DatasetError
 
     try:
         return int(args.func(args) or 0)

@@ -215,7 +215,7 @@ def _resolved_types(cls: type) -> dict[str, Any]:
 
 def save_json(data: dict[str, Any], path: Path) -> None:
     """Atomic JSON write: a crash never leaves a half-written config behind."""
-    from ichseg.io import atomic_write_text
+    from ichseg.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 

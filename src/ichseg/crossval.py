@@ -14,7 +14,7 @@ import numpy as np
 from ichseg.config import PipelineConfig, RunConfig, from_dict, load_json, to_dict
 from ichseg.data.splits import kfold_patients, select, split_patients
 from ichseg.evaluate.bootstrap import HEADLINE, bootstrap_ci
-from ichseg.io import atomic_write_text
+from ichseg.files import atomic_write_text
 from ichseg.workflow import Prepared, bundle_stage, hardware, index_stage, prepare, train_stage, training_summary
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ichseg.config import RunConfig, from_dict, save_json, to_dict
+from ichseg.credits import DATASET_CREDIT
 from ichseg.crossval import columns, rows_of, train_fold
-from ichseg.data.ctich import DATASET_CREDIT
 from ichseg.data.splits import select
-from ichseg.io import atomic_write_text
+from ichseg.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

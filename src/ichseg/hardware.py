@@ -185,7 +185,7 @@ def bf16_usable(backend: str, *, use_cache: bool = True) -> tuple[bool, str]:
     log.info("bf16 probe for %s: %s", backend, reason)
     if use_cache:
         try:
-            from ichseg.io import atomic_write_text
+            from ichseg.files import atomic_write_text
 
             cache[key] = {"ok": ok, "reason": reason, "cpu": cpu_model()}
             atomic_write_text(path, json.dumps(cache, indent=1) + "\n")

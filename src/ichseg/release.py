@@ -59,7 +59,7 @@ def cv_choices(fold_dir: Path) -> dict[str, Any]:
 def patient_fingerprints(records) -> dict[str, str]:
     """Per patient, a SHA-256 over its brain-window images: identifies the same scan under
     any folder name, and tells apart different scans that share a patient number."""
-    from ichseg.io import sha256_file, sha256_text
+    from ichseg.files import sha256_file, sha256_text
 
     by: dict[str, list[str]] = {}
     for r in sorted(records, key=lambda r: (r.patient_id, r.slice)):

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ichseg.config import RunConfig, from_dict, load_json
+from ichseg.credits import DATASET_CREDIT
 from ichseg.crossval import training_part
-from ichseg.data.ctich import DATASET_CREDIT
 from ichseg.ensemble import _chosen_pipeline, _commit, load_member_folds, summarize_members, write_bundle_json
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from ichseg.data.cache import SliceCache
 from ichseg.data.ctich import IndexResult, SliceRecord, build_index, write_disagreements, write_index
 from ichseg.data.normalize import normalize_for
 from ichseg.data.splits import load_split, save_split, select, split_patients
-from ichseg.io import sha256_text
+from ichseg.files import sha256_text
 from ichseg.train.loop import Arrays, TrainResult, train_model
 
 log = logging.getLogger(__name__)

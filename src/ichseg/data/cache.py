@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from ichseg.config import PreprocessConfig
 from ichseg.data.context import with_context
 from ichseg.data.ctich import MASK_ON_LEVEL, DatasetError, SliceRecord
-from ichseg.io import atomic_write_png, atomic_write_text, sha256_file, sha256_text
+from ichseg.files import atomic_write_png, atomic_write_text, sha256_file, sha256_text
 
 log = logging.getLogger(__name__)
 

@@ -16,18 +16,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ichseg.io import atomic_write
+from ichseg.credits import DATASET_CREDIT  # noqa: F401  (re-exported: the dataset's own module names its credit)
+from ichseg.errors import DatasetError
+from ichseg.files import atomic_write
 
 log = logging.getLogger(__name__)
 
-#: The credit the CC BY 4.0 licence asks for, written beside every model and result made
-#: from CT-ICH (weights sidecars, metrics, reports).
-DATASET_CREDIT = (
-    "Trained on CT-ICH: Hssayeni, M. (2019). Computed Tomography Images for Intracranial "
-    "Hemorrhage Detection and Segmentation (version 1.0.0). PhysioNet. doi:10.13026/w8q8-ky94. "
-    "CC BY 4.0. Paper: Hssayeni, M. D., Croock, M. S., Salman, A. D., Al-khafaji, H. F., Yahya, Z. A., "
-    "Ghoraani, B. (2020). Intracranial Hemorrhage Segmentation Using a Deep Convolutional Model. Data, 5(1), 14."
-)
 SUBTYPES = ("intraventricular", "intraparenchymal", "subarachnoid", "epidural", "subdural")
 DIAGNOSIS_CSV = "hemorrhage_diagnosis.csv"
 DEMOGRAPHICS_CSV = "patient_demographics.csv"
@@ -36,10 +30,6 @@ MASK_SUFFIX = "_HGE_Seg"
 MASK_ON_LEVEL = 128  # JPEG masks are not strictly binary; >= this grey level is blood
 _SLICE_RE = re.compile(r"^(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
 _MASK_RE = re.compile(r"^(\d+)" + MASK_SUFFIX + r"\.(jpg|jpeg|png)$", re.IGNORECASE)
-
-
-class DatasetError(ValueError):
-    """A problem with the input data; the message names every offending file."""
 
 
 @dataclass(frozen=True)

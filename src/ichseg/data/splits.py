@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ichseg.data.ctich import SliceRecord
-from ichseg.io import atomic_write_text
+from ichseg.files import atomic_write_text
 
 
 def patients_with_hemorrhage(records: Sequence[SliceRecord]) -> dict[str, bool]:

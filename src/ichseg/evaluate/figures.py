@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # no screen on servers and CI
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ichseg.io import atomic_write
+from ichseg.files import atomic_write
 
 CREDIT = "Data: CT-ICH (Hssayeni 2019, PhysioNet, CC BY 4.0)"
 

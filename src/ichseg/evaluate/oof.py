@@ -327,7 +327,7 @@ def px512_to_ml(area_px_512: float, frame_px: int = 650, pixel_mm: float | None 
     """Blood pixels counted at 512×512 as millilitres: a CT-ICH frame is ``frame_px`` pixels
     of ``pixel_mm`` (the converter's 0.35 mm), 5 mm thick."""
     if pixel_mm is None:
-        from ichseg.io.convert import CT_ICH_PIXEL_SPACING_MM
+        from ichseg.data.convert import CT_ICH_PIXEL_SPACING_MM
 
         pixel_mm = float(CT_ICH_PIXEL_SPACING_MM)
     side_mm = frame_px * pixel_mm / 512

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from ichseg.data.cache import read_grey_u8
+from ichseg.files import atomic_write_text, sha256_file
 from ichseg.hardware import describe
 from ichseg.infer.pipeline import PRECISION_RECORD, load_bundle
 from ichseg.infer.predict import find_inputs
 from ichseg.infer.study import StudyPrediction, predict_windows
-from ichseg.io import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 MIN_POOLED_DICE = 0.99

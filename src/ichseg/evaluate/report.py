@@ -15,12 +15,14 @@ import numpy as np
 from monai.metrics import compute_roc_auc
 
 from ichseg.config import ClassifierConfig, PipelineConfig, UNetConfig
+from ichseg.credits import DATASET_CREDIT
 from ichseg.data.cache import SliceCache
 from ichseg.data.ctich import SUBTYPES, SliceRecord
 from ichseg.data.normalize import intracranial_masks, normalize_for
 from ichseg.evaluate import metrics as M
 from ichseg.evaluate.bootstrap import bootstrap_ci
 from ichseg.evaluate.figures import plot_confusion, plot_examples
+from ichseg.files import atomic_write_csv, atomic_write_text
 from ichseg.infer.pipeline import (
     Bundle,
     classify,
@@ -31,8 +33,6 @@ from ichseg.infer.pipeline import (
     segment_with_heads,
 )
 from ichseg.infer.postprocess import fuse_verdict, resize_mask_nearest
-from ichseg.io import atomic_write_csv, atomic_write_text
-from ichseg.models.weights import DATASET_CREDIT
 
 log = logging.getLogger(__name__)
 

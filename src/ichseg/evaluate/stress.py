@@ -138,7 +138,7 @@ def stress_fold(
     from ichseg.data.splits import select
     from ichseg.ensemble import member_dir
     from ichseg.evaluate.oof import member_rows
-    from ichseg.io import atomic_write_text
+    from ichseg.files import atomic_write_text
     from ichseg.models.weights import load_model
 
     out = Path(out_dir) / f"fold{fold}.json"

@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Any
 
-from ichseg.io import atomic_write, atomic_write_text
+from ichseg.files import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 STUDY_FIELDS = ("study", "slices", "segmented_slices", "positive_slices", "study_hemorrhage", "seconds", "error")

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ichseg.files import atomic_write, atomic_write_text, sha256_file
 from ichseg.infer.runtimes import GRAPH_RUNTIMES, bundle_stages, onnx_is_current
-from ichseg.io import atomic_write, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 __all__ = ["export_int8_unet", "export_onnx", "onnx_is_current"]

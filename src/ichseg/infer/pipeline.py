@@ -120,7 +120,7 @@ def bundle_precision(model_dir: Path, runtime: str, requested: str = "auto") -> 
 def bf16_validated(model_dir: Path, runtime: str) -> tuple[bool, str]:
     """Whether the bundle's bf16 agreement check passed on ``runtime`` for its current
     U-Net weights."""
-    from ichseg.io import sha256_file
+    from ichseg.files import sha256_file
 
     path = Path(model_dir) / PRECISION_RECORD
     if not path.exists():

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ichseg.data.cache import read_grey_u8, resize_image_u8
 from ichseg.data.context import with_context
 from ichseg.data.ctich import MASK_SUFFIX, DatasetError
+from ichseg.files import atomic_write_csv, atomic_write_png, atomic_write_text
 from ichseg.infer.pipeline import Bundle
-from ichseg.io import atomic_write_csv, atomic_write_png, atomic_write_text
+from ichseg.report.overlay import overlay_rgb
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -91,19 +91,6 @@ def study_network_input(path: Path, config: Any, interpolation: str = "area") ->
     slices = find_inputs(path)
     x = _model_input(slices, {}, config.windows, config.input_size_px, interpolation)
     return with_context(x, [("scan", i) for i in range(len(slices))], config.context_slices)
-
-
-def overlay_rgb(image_u8: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The CT slice with blood tinted red and outlined in yellow, for a human reader."""
-    if not mask.any():  # most slices: just the slice in RGB
-        return cv2.cvtColor(image_u8, cv2.COLOR_GRAY2RGB)
-    rgb = np.repeat(image_u8[..., None], 3, axis=2).astype(np.float32)
-    red = np.array([255, 0, 0], np.float32)
-    rgb[mask] = 0.55 * rgb[mask] + 0.45 * red
-    out = rgb.clip(0, 255).astype(np.uint8)
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(out, contours, -1, (255, 255, 0), 1)
-    return out
 
 
 def _write_overlay(path: Path, image_u8: np.ndarray, mask: np.ndarray) -> None:
@@ -208,8 +195,8 @@ def write_study_summary(
     """``summary.json`` and ``report.html`` for a folder of slice images, as for a DICOM or
     NIfTI input. JPG slices carry no geometry, so CT-ICH's is assumed and said: a 650-px
     frame of 0.35 mm pixels (:func:`ichseg.infer.volume.model_pixel_mm`), 5 mm slices."""
+    from ichseg.data.convert import CT_ICH_PIXEL_SPACING_MM, ctich_id
     from ichseg.infer.clinical import LESION_MERGE_GAP_MM, bundle_subtype_thresholds, lesion_json, write_report
-    from ichseg.io.convert import CT_ICH_PIXEL_SPACING_MM, ctich_id
     from ichseg.report.lesions import lesions, total_volume_ml
 
     w = brains[0].shape[1]

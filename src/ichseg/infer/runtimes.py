@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ichseg.io import sha256_file
+from ichseg.files import sha256_file
 
 STAGES = ("classifier", "unet")
 

@@ -25,11 +25,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ichseg.files import atomic_write_csv, atomic_write_png, atomic_write_text
 from ichseg.infer.clinical import LESION_MERGE_GAP_MM, bundle_subtype_thresholds, lesion_json, study_label, write_report
 from ichseg.infer.pipeline import Bundle
 from ichseg.infer.slabs import average_slabs, slab_index, slab_thickness_mm
 from ichseg.infer.study import StudyPrediction
-from ichseg.io import atomic_write_csv, atomic_write_png, atomic_write_text
 from ichseg.io.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,9 @@ FRAME_PX = 650  # CT-ICH slices are 650×650
 
 def model_pixel_mm() -> float:
     """The in-plane pixel size (mm) the model's 650-px frames stand for: the spacing the
-    CT-ICH converter writes (:mod:`ichseg.io.convert`), so that a converted patient comes
+    CT-ICH converter writes (:mod:`ichseg.data.convert`), so that a converted patient comes
     back on exactly the frame it was trained on."""
-    from ichseg.io.convert import CT_ICH_PIXEL_SPACING_MM
+    from ichseg.data.convert import CT_ICH_PIXEL_SPACING_MM
 
     return float(CT_ICH_PIXEL_SPACING_MM)
 
@@ -105,12 +105,12 @@ def predict_volume(
     Unless ``head_check`` is False, a volume that does not show a head CT
     (:mod:`ichseg.infer.headcheck`) raises :class:`~ichseg.infer.headcheck.NotAHeadCT`
     before anything is written."""
-    from ichseg.data.windows import hu_to_windows
     from ichseg.infer.headcheck import NotAHeadCT, check_head_ct
-    from ichseg.infer.predict import overlay_rgb
     from ichseg.infer.study import predict_windows
+    from ichseg.io.hu import hu_to_windows
     from ichseg.io.nifti import write_mask_nifti
     from ichseg.report.lesions import lesions, total_volume_ml
+    from ichseg.report.overlay import overlay_rgb
 
     head = check_head_ct(volume.hu, volume.pixel_spacing) if head_check else None
     if head is not None and not head.is_head:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ichseg.data.ctich import DatasetError
+from ichseg.errors import DatasetError
 from ichseg.io.volume import Volume, affine_from_dicom
 
 log = logging.getLogger(__name__)

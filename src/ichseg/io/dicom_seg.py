@@ -22,20 +22,33 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from ichseg import __version__
-from ichseg.io import atomic_write
+from ichseg.files import atomic_write
 
 if TYPE_CHECKING:
     import highdicom as hd
     from pydicom import Dataset
 
-    from ichseg.report.lesions import Lesion
-
 log = logging.getLogger(__name__)
+
+
+class Lesion(Protocol):
+    """What the SR writer reads of a lesion (``ichseg.report.lesions.Lesion`` has it): the
+    format knows the fields it writes, not how a report finds or measures lesions."""
+
+    @property
+    def label(self) -> int: ...
+    @property
+    def slices(self) -> Sequence[int]: ...
+    @property
+    def volume_ml(self) -> float: ...
+    @property
+    def abc2_ml(self) -> float: ...
+
 
 SEGMENT_NUMBER = 1
 SEGMENT_LABEL = "Hemorrhage"

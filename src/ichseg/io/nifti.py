@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ichseg.data.ctich import DatasetError
-from ichseg.io import atomic_write_bytes
+from ichseg.errors import DatasetError
+from ichseg.files import atomic_write_bytes
 from ichseg.io.volume import Volume
 
 log = logging.getLogger(__name__)

@@ -178,7 +178,7 @@ class Volume:
     def windows(self) -> tuple[np.ndarray, np.ndarray]:
         """(brain_u8, bone_u8), each (N, H, W): the two 8-bit windows the model was trained
         on (:func:`ichseg.data.windows.hu_to_windows`)."""
-        from ichseg.data.windows import hu_to_windows
+        from ichseg.io.hu import hu_to_windows
 
         return hu_to_windows(self.hu)
 

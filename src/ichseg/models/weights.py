@@ -14,8 +14,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ichseg.config import ClassifierConfig, UNetConfig, load_model_config, model_stem, save_json
-from ichseg.data.ctich import DATASET_CREDIT  # re-exported: the credit written into every sidecar
-from ichseg.io import atomic_write
+from ichseg.credits import DATASET_CREDIT  # re-exported: the credit written into every sidecar
+from ichseg.files import atomic_write
 from ichseg.models import build_model
 
 log = logging.getLogger(__name__)

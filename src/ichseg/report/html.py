@@ -20,8 +20,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ichseg.data.ctich import DATASET_CREDIT
-from ichseg.io import atomic_write_text
+from ichseg.credits import DATASET_CREDIT
+from ichseg.files import atomic_write_text
 from ichseg.report.lesions import Lesion
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ def _zoom_on_mask(image_u8: np.ndarray, mask: np.ndarray, out_px: int = 384) -> 
 def _key_slice_html(image_u8: np.ndarray, mask: np.ndarray, title: str) -> str:
     """One key slice as a row of three panels: the CT, the CT with the predicted blood
     tinted and outlined, and the tinted view enlarged around the blood."""
-    from ichseg.infer.predict import overlay_rgb
+    from ichseg.report.overlay import overlay_rgb
 
     image_u8 = np.asarray(image_u8)
     if image_u8.ndim != 2 or image_u8.dtype != np.uint8:

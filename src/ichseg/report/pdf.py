@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ichseg.io import atomic_write
+from ichseg.files import atomic_write
 
 log = logging.getLogger(__name__)
 

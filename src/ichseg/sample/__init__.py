@@ -7,7 +7,7 @@ the ground-truth masks are not shipped. Credit and licence (CC BY 4.0) are in
 predictions here show how the tool works, not how accurate it is.
 
 The folder has the CT-ICH patient layout (``brain/<n>.jpg``, ``bone/<n>.jpg``), which
-``ichseg predict`` and :func:`ichseg.io.convert.convert_patient` read as they are.
+``ichseg predict`` and :func:`ichseg.data.convert.convert_patient` read as they are.
 """
 
 from __future__ import annotations

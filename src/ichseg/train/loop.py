@@ -22,10 +22,11 @@ from monai.metrics import compute_roc_auc
 from torch import nn
 
 from ichseg.config import ClassifierConfig, TrainConfig, UNetConfig, to_dict
+from ichseg.credits import DATASET_CREDIT
+from ichseg.files import atomic_write
 from ichseg.hardware import describe, resolve_precision
-from ichseg.io import atomic_write
 from ichseg.models import build_model, count_parameters
-from ichseg.models.weights import DATASET_CREDIT, save_model
+from ichseg.models.weights import save_model
 from ichseg.train.augment import augment_batch, build_augmenter, crop_batch
 from ichseg.train.checkpoint import load_resume, save_resume
 from ichseg.train.losses import bce_dice_loss

@@ -41,8 +41,9 @@ from typing import Literal
 
 import numpy as np
 
-from ichseg.data.ctich import MASK_SUFFIX, DatasetError, read_mask_px
-from ichseg.data.windows import BONE_WINDOW, BRAIN_WINDOW, windows_to_hu
+from ichseg.data.ctich import MASK_SUFFIX, read_mask_px
+from ichseg.errors import DatasetError
+from ichseg.io.hu import BONE_WINDOW, BRAIN_WINDOW, windows_to_hu
 from ichseg.io.volume import Volume, affine_from_dicom
 
 log = logging.getLogger(__name__)
