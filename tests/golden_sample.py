@@ -23,7 +23,7 @@ def sample_outputs(out_dir: Path) -> dict[str, Any]:
     from ichseg.cli import main
     from ichseg.files import sha256_file
     from ichseg.hardware import cpu_kind
-    from ichseg.release import PACKAGED_MODEL
+    from ichseg.infer.shipped import PACKAGED_MODEL
     from ichseg.sample import sample_study_dir
 
     study = sample_study_dir()

@@ -139,8 +139,7 @@ def _cv_args(data: Path, work: Path, results: Path, cfg: Path, *extra: str) -> l
 def test_fold_ensemble_cv_resume_assemble_predict_evaluate_stress(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from ichseg.crossval import train_fold
-    from ichseg.ensemble import load_member_folds, member_dir
+    from ichseg.experiments.folds import load_member_folds, member_dir, train_fold
     from ichseg.infer.pipeline import load_bundle
     from ichseg.infer.predict import predict_path
 
@@ -180,7 +179,7 @@ def test_fold_ensemble_cv_resume_assemble_predict_evaluate_stress(
 
     # the members become one bundle with the pooled out-of-fold operating point
     dest = tmp_path / "installed"
-    from ichseg.release import install
+    from ichseg.experiments.release import install
 
     assert (
         main(
@@ -264,7 +263,7 @@ def test_fold_ensemble_cv_resume_assemble_predict_evaluate_stress(
     assert (work / "stress" / "ens" / "fold0.json").exists() and not stress.exists()  # one fold: no table yet
     assert main([*stress_args, "--out", str(stress), "--image-size", str(SMALL_PX)]) == 0
     s = json.loads(stress.read_text())
-    from ichseg.evaluate.stress import CONDITIONS
+    from ichseg.evaluate.perturb import CONDITIONS
 
     assert len(s["table"]) == len(CONDITIONS) == 17 and s["table"][0]["perturbation"] == "none"
     assert {"jpeg", "sharp kernel", "thin-slice noise"} <= {r["perturbation"] for r in s["table"]}
@@ -293,12 +292,12 @@ def test_fold_ensemble_cv_resume_assemble_predict_evaluate_stress(
     body = json.loads((tmp_path / "one" / "model" / "pipeline.json").read_text())
     everyone = sorted(p.name for p in (tiny_data / "Patients_CT").iterdir())
     assert body["trained_on"]["patients"] == everyone and body["ensemble"] == {"members": 1, "single": True, "cv_folds": [0, 1]}
-    from ichseg.single import single_dir
+    from ichseg.experiments.single import single_dir
 
     single = load_file(str(single_dir(work, "ens") / "train" / "unet" / "last.safetensors"))
     shipped = load_file(str(tmp_path / "one" / "model" / "unet.safetensors"))
     assert single.keys() == shipped.keys() and all(torch.equal(single[k], shipped[k]) for k in single)
-    from ichseg.ensemble import recalibrate
+    from ichseg.experiments.assemble import recalibrate
 
     assert recalibrate(tmp_path / "one" / "model", results / "ens")["operating_point"]["mask_threshold"] == op["mask_threshold"]
     assert json.loads((tmp_path / "one" / "model" / "pipeline.json").read_text())["pipeline"]["screen_threshold"] is None

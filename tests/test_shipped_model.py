@@ -14,7 +14,7 @@ from ichseg.cli import main
 from ichseg.config import ALL_HEADS
 from ichseg.data.synthetic import write_lesion_study
 from ichseg.infer.pipeline import classify, load_bundle, segment
-from ichseg.release import BUNDLE_FILES, PACKAGED_MODEL, default_model_dir
+from ichseg.infer.shipped import BUNDLE_FILES, PACKAGED_MODEL, default_model_dir
 
 MAX_MB = 40  # every weight file of the package together (safetensors and ONNX graphs)
 

@@ -58,8 +58,8 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def test_a_thin_remake_gives_the_masks_of_its_five_mm_original(tmp_path: Path) -> None:
     from ichseg.data.convert import ctich_volume
     from ichseg.infer.pipeline import load_bundle
+    from ichseg.infer.shipped import default_model_dir
     from ichseg.infer.volume import predict_volume
-    from ichseg.release import default_model_dir
 
     thick, _, _ = ctich_volume(SAMPLE)
     thin = thin_remake(thick, 4, noise_hu=8.0)
@@ -85,8 +85,8 @@ def test_a_normal_head_remade_at_1_mm_with_thin_slice_noise_stays_negative(tmp_p
     measured when this test was written); read as slabs it stays negative."""
     from ichseg.data.convert import ctich_volume
     from ichseg.infer.pipeline import load_bundle
+    from ichseg.infer.shipped import default_model_dir
     from ichseg.infer.volume import predict_volume
-    from ichseg.release import default_model_dir
 
     thick, truth, _ = ctich_volume(REAL_DATA / "Patients_CT" / "100")
     assert not truth.any()

@@ -15,12 +15,12 @@ from safetensors.torch import load_file
 from conftest import SMALL_PX
 from ichseg.cli import main
 from ichseg.config import ClassifierConfig, PipelineConfig, RunConfig, TrainConfig, UNetConfig, save_json, to_dict
-from ichseg.crossval import rows_of
 from ichseg.evaluate.operating_point import MASK_THRESHOLDS, MIN_AREAS_PX_512
+from ichseg.experiments.folds import rows_of
+from ichseg.experiments.workflow import bundle_stage, prepare, train_stage
 from ichseg.infer.pipeline import load_bundle
 from ichseg.infer.predict import find_inputs
 from ichseg.train.sampling import epoch_indices
-from ichseg.workflow import bundle_stage, prepare, train_stage
 
 TINY = RunConfig(
     unet=UNetConfig(input_size_px=32, base_filters=4, depth=3),
@@ -258,7 +258,7 @@ def test_cv_fold_json_and_table(tiny_data: Path, tmp_path: Path, capsys: pytest.
     assert (row["tp"], row["fp"]) == (folds[0]["metrics"]["slice"]["tp"], folds[0]["metrics"]["slice"]["fp"])
 
     # the release: every patient, the folds' median epochs and operating point, no validation
-    from ichseg.release import BUNDLE_FILES, cv_choices, install, train_release
+    from ichseg.experiments.release import BUNDLE_FILES, cv_choices, install, train_release
 
     choices = cv_choices(results / "tiny")
     bundle = train_release(tiny_data, tmp_path / "release", tiny, results / "tiny", progress=False, expected_size_px=SMALL_PX)
@@ -322,7 +322,7 @@ def test_two_windows_and_neighbour_context_end_to_end(tiny_data: Path, tmp_path:
 
 
 def test_gate_threshold_keeps_requested_sensitivity() -> None:
-    from ichseg.workflow import gate_threshold
+    from ichseg.experiments.workflow import gate_threshold
 
     probs = np.array([0.9, 0.8, 0.3, 0.05, 0.6, 0.1, 0.7])
     labels = np.array([1, 1, 1, 1, 0, 0, 0])
@@ -395,7 +395,7 @@ def test_onnx_export_matches_pytorch_and_refuses_stale_graphs(trained: Path, tin
 
 def test_bench_times_each_path_in_its_own_process(trained: Path, tiny_data: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from ichseg.bench import available_paths, check_targets, markdown, pick_studies, run_bench
+    from ichseg.experiments.bench import available_paths, check_targets, markdown, pick_studies, run_bench
 
     studies = pick_studies(tiny_data, tmp_path, n_slices=8)
     assert set(studies) <= {"typical", "heavy"} and "typical" in studies

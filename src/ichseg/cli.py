@@ -44,7 +44,7 @@ def _config(args: argparse.Namespace, default_preset: str):
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from ichseg.workflow import index_stage
+    from ichseg.experiments.workflow import index_stage
 
     res = index_stage(args.data, args.out, skip_bad=args.skip_bad, expected_size_px=args.image_size or None)
     pos = sum(r.hemorrhage for r in res.records)
@@ -66,7 +66,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, cfg, data: Path, out: Path) -> None:
     import torch.distributed as dist
 
-    from ichseg.workflow import bundle_stage, prepare, train_stage
+    from ichseg.experiments.workflow import bundle_stage, prepare, train_stage
 
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank > 0:  # under torchrun: process 0 indexes and preprocesses, the others reuse its cache
@@ -141,7 +141,7 @@ def _evaluate(
     eval_records = ensure_caches(bundle, eval_records, cache_root, skip_bad=skip_bad, progress=progress)
     ev = evaluate_records(bundle, eval_records, cache_root, progress=progress)
     ev.metrics["evaluated_part"] = part if sp else "all"
-    from ichseg.release import patient_fingerprints
+    from ichseg.experiments.folds import patient_fingerprints
 
     trained = set(bundle.meta.get("trained_on", {}).get("patient_fingerprints", {}).values())
     seen = sorted(pid for pid, fp in patient_fingerprints(eval_records).items() if fp in trained)
@@ -151,7 +151,7 @@ def _evaluate(
             "%d of the evaluated patients were in this model's training data: these figures are not a test result",
             len(seen),
         )
-    from ichseg.workflow import hardware, training_summary
+    from ichseg.experiments.workflow import hardware, training_summary
 
     if summary := training_summary(model_dir.parent) or bundle.meta.get("training"):
         ev.metrics["training"] = summary
@@ -187,7 +187,7 @@ def _print_metrics(m: dict, out: Path) -> None:
 
 def _model_dir(args: argparse.Namespace) -> Path:
     """``--model`` or, when none is named, the model shipped inside the package."""
-    from ichseg.release import default_model_dir
+    from ichseg.infer.shipped import default_model_dir
 
     return Path(args.model) if args.model else default_model_dir()
 
@@ -344,14 +344,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     for path in export_onnx(model_dir):
         print(f"exported {path}")
     if args.int8:
-        from ichseg.bench import pick_calibration
+        from ichseg.experiments.bench import pick_calibration
 
         print(f"exported {export_int8_unet(model_dir, pick_calibration(args.data, {}))}")
     return 0
 
 
 def _bench_paths(text: str) -> tuple[str, ...]:
-    from ichseg.bench import PATHS as known
+    from ichseg.experiments.bench import PATHS as known
 
     paths = tuple(p.strip() for p in text.split(","))
     unknown = [p for p in paths if p not in known]
@@ -386,9 +386,9 @@ def cmd_check_precision(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ichseg.bench import markdown, pick_calibration, pick_studies, run_bench
     from ichseg.config import save_json
-    from ichseg.workflow import hardware
+    from ichseg.experiments.bench import markdown, pick_calibration, pick_studies, run_bench
+    from ichseg.experiments.workflow import hardware
 
     out = Path(args.out)
     if args.train_steps:
@@ -431,7 +431,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_stress(args: argparse.Namespace) -> int:
-    from ichseg.evaluate.stress import markdown, run_stress
+    from ichseg.experiments.stress import markdown, run_stress
     from ichseg.files import atomic_write_text
 
     t0 = time.perf_counter()
@@ -490,9 +490,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from ichseg.crossval import run_fold, train_fold
+    from ichseg.experiments.folds import train_fold
 
     cfg = _config(args, "cpu")
+    if cfg.cv_inner_validation:  # two stages, each fold calibrated on its inner validation patients
+        from ichseg.experiments.crossval import run_fold
+    else:  # a fold-ensemble member: fixed length, operating point chosen on the pooled folds
+        from ichseg.experiments.ensemble import run_member_fold as run_fold
     common = {
         "progress": not args.no_progress,
         "skip_bad": args.skip_bad,
@@ -510,25 +514,24 @@ def cmd_cv(args: argparse.Namespace) -> int:
             train_fold(Path(args.data), Path(args.out), cfg, args.name, fold, args.folds, **common)
             print(f"fold {fold}: trained ({(time.perf_counter() - t0) / 60:.1f} min this call)")
             continue
-        # (a configuration without inner validation runs as a fold-ensemble member)
         path = run_fold(Path(args.data), Path(args.out), cfg, args.name, fold, args.folds, Path(args.results), **common)
         print(f"fold {fold} -> {path}")
     return 0
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from ichseg.crossval import is_ensemble_dir
-    from ichseg.release import install, train_release
+    from ichseg.experiments.folds import is_ensemble_dir
+    from ichseg.experiments.release import install, train_release
 
     t0 = time.perf_counter()
     if args.recalibrate is not None:
-        from ichseg.ensemble import recalibrate
+        from ichseg.experiments.assemble import recalibrate
 
         s = recalibrate(Path(args.recalibrate), Path(args.cv), policy=args.policy)
         print(f"{args.recalibrate}: operating point {s['operating_point']} (pooled {s['pooled']['slice']})")
         return 0
     if is_ensemble_dir(Path(args.cv)) and args.single:  # one network on every patient, the CV's own rule
-        from ichseg.single import release_single
+        from ichseg.experiments.single import release_single
 
         bundle = release_single(
             Path(args.data),
@@ -545,7 +548,7 @@ def cmd_release(args: argparse.Namespace) -> int:
             print(f"installed as the shipped model -> {install(bundle)}")
         return 0
     if is_ensemble_dir(Path(args.cv)):  # the fold members are the model: assembled, not retrained
-        from ichseg.ensemble import assemble
+        from ichseg.experiments.assemble import assemble
 
         bundle = assemble(
             Path(args.cv),
@@ -576,7 +579,8 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_cv_table(args: argparse.Namespace) -> int:
-    from ichseg.crossval import is_ensemble_dir, markdown, policy_table, summarize
+    from ichseg.experiments.crossval import markdown, policy_table, summarize
+    from ichseg.experiments.folds import is_ensemble_dir
 
     print(markdown(summarize(Path(args.results))), end="")
     policies = policy_table(Path(args.results))
@@ -584,8 +588,8 @@ def cmd_cv_table(args: argparse.Namespace) -> int:
         print("\nOperating-point policies (each fold chooses on its inner validation patients; held-out metrics):\n")
         print(policies, end="")
     for cfg_dir in sorted(p for p in Path(args.results).iterdir() if p.is_dir() and is_ensemble_dir(p)):
-        from ichseg.ensemble import markdown as ensemble_markdown
-        from ichseg.ensemble import summarize_members
+        from ichseg.experiments.ensemble import markdown as ensemble_markdown
+        from ichseg.experiments.ensemble import summarize_members
 
         summary = summarize_members(cfg_dir, args.policy)
         print(f"\n## {cfg_dir.name} (fold ensemble, {summary['folds']}/{summary['of']} folds)\n")

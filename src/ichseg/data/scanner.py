@@ -5,7 +5,7 @@ noise. A scanner sends sharper reconstruction kernels, thin slices with much str
 spatially correlated quantum noise, and other compressions. These functions imitate each
 on float windows in [0, 1], channels first (C, H, W). Training draws them at random
 (:mod:`ichseg.train.scanner_aug`); the stress test applies them at fixed levels
-(:mod:`ichseg.evaluate.stress`), so what training imitates is also what is measured.
+(:mod:`ichseg.experiments.stress`), so what training imitates is also what is measured.
 """
 
 from __future__ import annotations

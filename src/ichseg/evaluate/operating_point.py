@@ -7,7 +7,7 @@ a policy (:data:`POLICIES`); the default maximises ``F2(slice verdict) + global 
 weighs recall twice as much as precision (a missed bleed costs more than a false alarm),
 and the Dice term keeps the outline honest. Cross-validation folds store the grid on
 their inner validation and held-out patients, so policies can be compared without
-retraining (:func:`ichseg.crossval.policy_table`).
+retraining (:func:`ichseg.experiments.crossval.policy_table`).
 """
 
 from __future__ import annotations

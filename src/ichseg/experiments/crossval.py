@@ -11,72 +11,24 @@ from typing import Any
 
 import numpy as np
 
-from ichseg.config import PipelineConfig, RunConfig, from_dict, load_json, to_dict
-from ichseg.data.splits import kfold_patients, select, split_patients
-from ichseg.evaluate.bootstrap import HEADLINE, bootstrap_ci
+from ichseg.config import PipelineConfig, RunConfig, to_dict
+from ichseg.data.splits import select
+from ichseg.evaluate.bootstrap import bootstrap_ci
+from ichseg.experiments.folds import (
+    columns,
+    fmt_stat,
+    fold_values,
+    is_ensemble_dir,
+    load_folds,
+    mean_sd,
+    rows_of,
+    stat,
+    train_fold,
+)
+from ichseg.experiments.workflow import bundle_stage, hardware, training_summary
 from ichseg.files import atomic_write_text
-from ichseg.workflow import Prepared, bundle_stage, hardware, index_stage, prepare, train_stage, training_summary
 
 log = logging.getLogger(__name__)
-
-
-def train_fold(
-    data_dir: Path,
-    work_root: Path,
-    config: RunConfig,
-    name: str,
-    fold: int,
-    folds: int,
-    *,
-    seed: int = 0,
-    progress: bool = True,
-    skip_bad: bool = False,
-    expected_size_px: int | None = 650,
-    max_steps: int | None = None,
-) -> tuple[Prepared, dict[str, list[str]]]:
-    """Train one fold's networks into ``work_root/name/fold<k>/``; returns the prepared
-    data (its split is the fold's training split) and the outer split.
-
-    Always resumable: a fold killed mid-epoch continues from its last resumable state,
-    a finished one returns at once. A work folder made with another configuration is an
-    error rather than a silent mix of two runs.
-
-    With ``config.cv_inner_validation`` early stopping and calibration use an inner
-    validation split of the training patients; without it the networks train for a fixed
-    length on every training patient and the operating point is chosen later on the
-    pooled out-of-fold predictions (:mod:`ichseg.ensemble`)."""
-    work_root = Path(work_root)
-    records = index_stage(data_dir, work_root, skip_bad=skip_bad, expected_size_px=expected_size_px).records
-    outer = kfold_patients(records, folds, seed)[fold]
-    # The held-out fold is touched only by the final evaluation.
-    if config.cv_inner_validation:
-        inner = split_patients(select(records, outer["train"]), config.val_fraction, config.split_seed)
-    else:
-        inner = {"train": outer["train"], "val": []}
-    work = work_root / name / f"fold{fold}"
-    saved = work / "config.json"
-    if saved.exists() and training_part(from_dict(RunConfig, load_json(saved))) != training_part(config):
-        raise ValueError(f"{saved}: this fold was started with another configuration (use another --name or --out)")
-    prep = prepare(
-        data_dir,
-        work,
-        config,
-        skip_bad=skip_bad,
-        progress=progress,
-        expected_size_px=expected_size_px,
-        split=inner,
-        cache_root=work_root / "cache",
-    )
-    for which in config.stages:
-        train_stage(prep, which, resume=True, progress=progress, max_steps=max_steps)
-    return prep, outer
-
-
-def training_part(config: RunConfig) -> dict[str, Any]:
-    """What a fold's training depends on: everything but the inference-time ``pipeline``
-    settings, which may change (and be re-evaluated) without retraining. Fields added to
-    the config since a fold started take their defaults when its saved config is read."""
-    return {k: v for k, v in to_dict(config).items() if k != "pipeline"}
 
 
 def run_fold(
@@ -95,12 +47,9 @@ def run_fold(
 ) -> Path:
     """Train both stages on the other folds, evaluate on this one, write ``results_dir/name/fold<k>.json``.
     A configuration without inner validation is a fold-ensemble member
-    (:func:`ichseg.ensemble.run_member_fold`)."""
+    (:func:`ichseg.experiments.ensemble.run_member_fold`), which ``ichseg cv`` runs instead."""
     if not config.cv_inner_validation:
-        from ichseg.ensemble import run_member_fold
-
-        common = {"seed": seed, "progress": progress, "skip_bad": skip_bad, "expected_size_px": expected_size_px}
-        return run_member_fold(data_dir, work_root, config, name, fold, folds, results_dir, **common)
+        raise ValueError(f"{name}: a fold-ensemble configuration (no inner validation): its folds run as ensemble members")
     from ichseg.evaluate.report import ensure_caches, evaluate_records
     from ichseg.infer.pipeline import load_bundle
 
@@ -163,49 +112,6 @@ def ablation_variants(config: RunConfig, tuned: PipelineConfig) -> dict[str, Pip
     return out
 
 
-def columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Per-slice rows stored column-wise (about a third of the size of a list of dicts)."""
-    return {k: [r[k] for r in rows] for k in (rows[0] if rows else {})}
-
-
-def rows_of(per_slice: dict[str, list[Any]] | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-slice rows from either stored form (column-wise, or the older list of dicts)."""
-    if isinstance(per_slice, list):
-        return per_slice
-    keys = list(per_slice)
-    return [dict(zip(keys, vals, strict=True)) for vals in zip(*(per_slice[k] for k in keys), strict=True)]
-
-
-def load_folds(cfg_dir: Path) -> list[dict[str, Any]]:
-    """The fold JSONs of one configuration, in fold order."""
-    return [json.loads(f.read_text()) for f in sorted(Path(cfg_dir).glob("fold*.json"))]
-
-
-def is_ensemble_dir(cfg_dir: Path) -> bool:
-    """True when ``cfg_dir`` holds ensemble-member folds (:mod:`ichseg.ensemble`), whose
-    operating point is chosen on the pooled folds rather than inside each fold."""
-    first = next(iter(sorted(Path(cfg_dir).glob("fold*.json"))), None)
-    return first is not None and '"protocol"' in first.read_text()[:4000]
-
-
-def _stat(xs: list[float]) -> dict[str, float | None]:
-    """Mean and sample sd over folds (None where undefined)."""
-    a = np.array(xs, float)
-    return {"mean": float(a.mean()) if len(a) else None, "sd": float(a.std(ddof=1)) if len(a) > 1 else None}
-
-
-def _fold_values(m: dict[str, Any]) -> dict[str, float | None]:
-    return {
-        "recall": m["slice"]["recall"],
-        "precision": m["slice"]["precision"],
-        "specificity": m["slice"]["specificity"],
-        "dice_global": m["pixel"]["dice_global"],
-        "iou_global": m["pixel"]["iou_global"],
-        "scan_sensitivity": m["scan"]["sensitivity"],
-        "scan_specificity": m["scan"]["specificity"],
-    }
-
-
 def summarize(results_dir: Path) -> dict[str, dict[str, Any]]:
     """Per configuration: mean and sd over folds, pooled bootstrap intervals, training time."""
     out: dict[str, dict[str, Any]] = {}
@@ -213,7 +119,7 @@ def summarize(results_dir: Path) -> dict[str, dict[str, Any]]:
         folds = load_folds(cfg_dir)
         if not folds:
             continue
-        stats = _mean_sd([_fold_values(f["metrics"]) for f in folds])
+        stats = mean_sd([fold_values(f["metrics"]) for f in folds])
         minutes = [sum(t["seconds"] for t in f["training"].values()) / 60 for f in folds]
         rows = [r for f in folds for r in rows_of(f["per_slice"])]
         out[cfg_dir.name] = {
@@ -228,10 +134,10 @@ def summarize(results_dir: Path) -> dict[str, dict[str, Any]]:
         # inference-time ablations stored in every fold: same models, other settings
         alts = set.intersection(*(set(f["metrics"].get("alternatives", {})) for f in folds))
         for alt in sorted(alts):
-            avals = [_fold_values(f["metrics"]["alternatives"][alt]) for f in folds]
+            avals = [fold_values(f["metrics"]["alternatives"][alt]) for f in folds]
             out[f"{cfg_dir.name} ({alt.replace('_', ' ')})"] = {
                 **out[cfg_dir.name],
-                "stats": _mean_sd(avals),
+                "stats": mean_sd(avals),
                 "bootstrap": None,
             }
     return out
@@ -243,18 +149,8 @@ def _subtype_auc(folds: list[dict[str, Any]]) -> dict[str, dict[str, float | int
     out = {}
     for head in folds[0]["metrics"].get("subtype_auc", {}):
         xs = [f["metrics"]["subtype_auc"][head] for f in folds if f["metrics"]["subtype_auc"].get(head) is not None]
-        out[head] = {**_stat(xs), "folds": len(xs)}
+        out[head] = {**stat(xs), "folds": len(xs)}
     return out
-
-
-def _mean_sd(vals: list[dict[str, float | None]]) -> dict[str, dict[str, float | None]]:
-    return {k: _stat([v[k] for v in vals if v[k] is not None]) for k in HEADLINE}
-
-
-def _fmt_stat(s: dict[str, float | None]) -> str:
-    if s["mean"] is None:
-        return "n/a"
-    return f"{s['mean']:.3f}" + (f" ± {s['sd']:.3f}" if s["sd"] is not None else "")
 
 
 def markdown(summary: dict[str, dict[str, Any]]) -> str:
@@ -270,7 +166,7 @@ def markdown(summary: dict[str, dict[str, Any]]) -> str:
         lines.append(
             f"| {name} | {s['folds']}/{s['of']} | "
             + " | ".join(
-                _fmt_stat(st[k])
+                fmt_stat(st[k])
                 for k in ("recall", "precision", "dice_global", "iou_global", "scan_sensitivity", "scan_specificity")
             )
             + f" | {s['train_minutes_mean']:.1f} |"
@@ -304,7 +200,7 @@ def markdown(summary: dict[str, dict[str, Any]]) -> str:
             "|" + "---|" * (len(heads) + 1),
         ]
         for name, auc in with_auc.items():
-            cells = ["n/a" if auc[h]["mean"] is None else f"{_fmt_stat(auc[h])} ({auc[h]['folds']})" for h in heads]
+            cells = ["n/a" if auc[h]["mean"] is None else f"{fmt_stat(auc[h])} ({auc[h]['folds']})" for h in heads]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -338,6 +234,6 @@ def policy_table(results_dir: Path, policies: tuple[str, ...] | None = None) -> 
                 )
                 vals.append(held)
                 chosen.append(f"({pick['mask_threshold']:g}, {pick['min_area_px']})")
-            cells = [_fmt_stat(_stat([v[k] for v in vals if v[k] is not None])) for k in keys]
+            cells = [fmt_stat(stat([v[k] for v in vals if v[k] is not None])) for k in keys]
             lines.append(f"| {cfg_dir.name} | {policy} | {len(folds)} | " + " | ".join(cells) + f" | {' '.join(chosen)} |")
     return "\n".join(lines) + "\n"

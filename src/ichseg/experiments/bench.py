@@ -1,6 +1,6 @@
 """``ichseg bench``: seconds per study, end to end, against the paper's U-Net on every slice.
 
-Every path runs in a fresh Python process (``python -m ichseg.bench --worker ...``) so
+Every path runs in a fresh Python process (``python -m ichseg.experiments.bench --worker ...``) so
 that each reports its own cold start (import + model load) and peak memory, and no path
 warms caches for another. All paths process the same study: a ~30-slice patient of
 ``../shared/ct-ich`` when given, else a generated one. The paper's baseline uses its
@@ -181,7 +181,7 @@ def worker(
     else:  # a graph runtime never imports PyTorch: that is part of its cold start and memory
         from ichseg.infer.pipeline import load_bundle
         from ichseg.infer.predict import predict_path
-        from ichseg.release import default_model_dir
+        from ichseg.infer.shipped import default_model_dir
 
         runtime, precision = split_path(path)
         bundle = load_bundle(model_dir or default_model_dir(), runtime=runtime, threads=threads, precision=precision)
@@ -269,7 +269,7 @@ def run_bench(
     benchmark studies)."""
     from ichseg.infer.onnx_export import export_int8_unet, export_onnx, onnx_is_current
     from ichseg.infer.pipeline import resolve_runtime
-    from ichseg.release import default_model_dir
+    from ichseg.infer.shipped import default_model_dir
 
     paths = paths or available_paths()
     model_dir = Path(model_dir) if model_dir else default_model_dir()
@@ -290,7 +290,7 @@ def run_bench(
         for path in paths:
             if path == "baseline" and k:
                 continue  # one round: its seconds per study dwarf any drift
-            cmd = [sys.executable, "-m", "ichseg.bench", "--worker", path, "--out", str(out_dir / path / f"round{k}")]
+            cmd = [sys.executable, "-m", "ichseg.experiments.bench", "--worker", path, "--out", str(out_dir / path / f"round{k}")]
             cmd += [arg for label, study in studies.items() for arg in ("--study", f"{label}={study}")]
             cmd += ["--repeats", str(baseline_repeats if path == "baseline" else repeats)]
             if path != "baseline":
@@ -460,7 +460,7 @@ def _study_arg(text: str) -> tuple[str, Path]:
 
 
 def _main() -> None:
-    p = argparse.ArgumentParser(prog="python -m ichseg.bench", allow_abbrev=False)
+    p = argparse.ArgumentParser(prog="python -m ichseg.experiments.bench", allow_abbrev=False)
     p.add_argument("--worker", choices=PATHS, required=True)
     p.add_argument("--study", type=_study_arg, action="append", required=True, help="LABEL=PATH, repeatable")
     p.add_argument("--out", type=Path, required=True)

@@ -18,18 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from ichseg.config import RunConfig, save_json, to_dict
+from ichseg.experiments.folds import patient_fingerprints
+from ichseg.infer.shipped import BUNDLE_FILES, CLASSIFIER_FILES, PACKAGED_MODEL, default_model_dir  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 #: Where the shipped bundle lives inside the installed package.
-PACKAGED_MODEL = Path(__file__).parent / "weights" / "default"
-BUNDLE_FILES = ("unet.safetensors", "unet.json", "pipeline.json")  # plus classifier.* in a two-stage bundle
-CLASSIFIER_FILES = ("classifier.safetensors", "classifier.json")
 
 
 def cv_choices(fold_dir: Path) -> dict[str, Any]:
     """Median best epochs and operating point over the fold JSONs in ``fold_dir``."""
-    from ichseg.crossval import load_folds
+    from ichseg.experiments.folds import load_folds
 
     folds = load_folds(fold_dir)
     if not folds:
@@ -54,17 +53,6 @@ def cv_choices(fold_dir: Path) -> dict[str, Any]:
             for f, o in zip(folds, ops, strict=True)
         ],
     }
-
-
-def patient_fingerprints(records) -> dict[str, str]:
-    """Per patient, a SHA-256 over its brain-window images: identifies the same scan under
-    any folder name, and tells apart different scans that share a patient number."""
-    from ichseg.files import sha256_file, sha256_text
-
-    by: dict[str, list[str]] = {}
-    for r in sorted(records, key=lambda r: (r.patient_id, r.slice)):
-        by.setdefault(r.patient_id, []).append(sha256_file(Path(r.image_path)))
-    return {pid: sha256_text(";".join(shas)) for pid, shas in by.items()}
 
 
 def release_config(config: RunConfig, choices: dict[str, Any]) -> RunConfig:
@@ -100,7 +88,7 @@ def train_release(
     expected_size_px: int | None = 650,
 ) -> Path:
     """Train both stages on every patient of ``data_dir``; returns the bundle folder."""
-    from ichseg.workflow import bundle_stage, hardware, index_stage, prepare, train_stage, training_summary
+    from ichseg.experiments.workflow import bundle_stage, hardware, index_stage, prepare, train_stage, training_summary
 
     choices = cv_choices(fold_dir)
     cfg = release_config(config, choices)
@@ -163,10 +151,3 @@ def install(bundle_dir: Path, dest: Path = PACKAGED_MODEL) -> Path:
         log.warning("onnx is not installed: the bundle is installed without ONNX graphs (PyTorch only)")
     log.info("installed %s -> %s", bundle_dir, dest)
     return dest
-
-
-def default_model_dir() -> Path:
-    """The shipped bundle, with a clear error when a source checkout lacks it."""
-    if not all((PACKAGED_MODEL / n).exists() for n in BUNDLE_FILES):
-        raise FileNotFoundError(f"{PACKAGED_MODEL}: the shipped model is missing; pass --model PATH")
-    return PACKAGED_MODEL

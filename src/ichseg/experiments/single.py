@@ -21,8 +21,9 @@ from typing import Any
 
 from ichseg.config import RunConfig, from_dict, load_json
 from ichseg.credits import DATASET_CREDIT
-from ichseg.crossval import training_part
-from ichseg.ensemble import _chosen_pipeline, _commit, load_member_folds, summarize_members, write_bundle_json
+from ichseg.experiments.assemble import chosen_pipeline, commit, write_bundle_json
+from ichseg.experiments.ensemble import summarize_members
+from ichseg.experiments.folds import load_member_folds, training_part
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ def release_single(
 
     The patients must be the ones the folds held out between them: a point chosen on other
     patients' out-of-fold rows would not describe this network."""
+    from ichseg.experiments.workflow import index_stage, prepare, train_stage, training_summary
     from ichseg.models.weights import load_model, save_model
-    from ichseg.workflow import index_stage, prepare, train_stage, training_summary
 
     folds = load_member_folds(cfg_dir)
     if not folds:
@@ -88,7 +89,7 @@ def release_single(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     provenance: dict[str, Any] = {
-        "git_commit": _commit(),
+        "git_commit": commit(),
         "data_checksum": prep.data_checksum,
         "epoch": meta.get("epoch"),
         "train_config": meta.get("train_config"),
@@ -100,7 +101,7 @@ def release_single(
     write_bundle_json(
         out_dir,
         config,
-        _chosen_pipeline(config, summary, screening=False),
+        chosen_pipeline(config, summary, screening=False),
         cfg_dir,
         summary,
         ensemble={"members": 1, "single": True, "cv_folds": [f["fold"] for f in folds]},

@@ -7,30 +7,23 @@
 2. :func:`summarize_members` pools the out-of-fold slices of all patients, chooses the
    operating point there, and scores every fold at that one point (mean ± sd over folds,
    pooled bootstrap intervals, the patients that cost the most Dice, ablations).
-3. :func:`assemble` puts the K members into one bundle whose U-Net averages their
+3. :func:`ichseg.experiments.assemble.assemble` puts the K members into one bundle whose U-Net averages their
    probabilities, with that operating point: what ``predict`` and ``evaluate`` run.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from ichseg.config import RunConfig, from_dict, save_json, to_dict
-from ichseg.credits import DATASET_CREDIT
-from ichseg.crossval import columns, rows_of, train_fold
+from ichseg.config import RunConfig, to_dict
 from ichseg.data.splits import select
+from ichseg.experiments.folds import columns, fmt_stat, fold_values, load_member_folds, mean_sd, member_dir, train_fold
 from ichseg.files import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-def member_dir(work_root: Path, name: str, fold: int) -> Path:
-    """Where fold ``fold``'s member of configuration ``name`` trains."""
-    return Path(work_root) / name / f"fold{fold}" / "train" / "unet"
 
 
 def run_member_fold(
@@ -50,8 +43,8 @@ def run_member_fold(
     """Train (or resume) fold ``fold``'s member, predict its held-out patients, write
     ``results_dir/name/fold<k>.json``."""
     from ichseg.evaluate.oof import member_rows, metrics_at
+    from ichseg.experiments.workflow import hardware, training_summary
     from ichseg.models.weights import load_model
-    from ichseg.workflow import hardware, training_summary
 
     prep, outer = train_fold(
         data_dir,
@@ -75,7 +68,7 @@ def run_member_fold(
         "folds": folds,
         "fold_seed": seed,
         "protocol": "ensemble member: fixed-length training on all training patients; operating point chosen on the "
-        "pooled out-of-fold predictions of every fold (ichseg.ensemble.summarize_members)",
+        "pooled out-of-fold predictions of every fold (ichseg.experiments.ensemble.summarize_members)",
         "config": to_dict(config),
         "train_patients": prep.split["train"],
         "val_patients": outer["val"],
@@ -94,18 +87,6 @@ def run_member_fold(
     return out
 
 
-def load_member_folds(cfg_dir: Path) -> list[dict[str, Any]]:
-    """Fold JSONs of an ensemble configuration, in fold order (per-slice rows as dicts)."""
-    out = []
-    for f in sorted(Path(cfg_dir).glob("fold*.json")):
-        body = json.loads(f.read_text())
-        if "protocol" not in body:
-            raise ValueError(f"{f}: not an ensemble-member fold (run `ichseg cv` with an ensemble configuration)")
-        body["rows"] = rows_of(body.pop("per_slice"))
-        out.append(body)
-    return out
-
-
 def summarize_members(cfg_dir: Path, policy: str | None = None, rule: str = "outlined") -> dict[str, Any]:
     """The cross-validated result of an ensemble configuration (see the module docstring).
 
@@ -114,7 +95,6 @@ def summarize_members(cfg_dir: Path, policy: str | None = None, rule: str = "out
     ablations at the same point and a policy comparison."""
     import numpy as np
 
-    from ichseg.crossval import _fold_values, _mean_sd
     from ichseg.evaluate.bootstrap import bootstrap_ci
     from ichseg.evaluate.oof import (
         DEFAULT_POLICY,
@@ -142,8 +122,8 @@ def summarize_members(cfg_dir: Path, policy: str | None = None, rule: str = "out
     fused = choose(grid(pooled, rule="fused"), policy) if rule != "fused" else best
 
     def per_fold(fn) -> dict[str, Any]:
-        vals = [_fold_values(fn(f["rows"])) for f in folds]
-        return {"per_fold": vals, "stats": _mean_sd(vals)}
+        vals = [fold_values(fn(f["rows"])) for f in folds]
+        return {"per_fold": vals, "stats": mean_sd(vals)}
 
     ablations = {
         "shipped rule": per_fold(lambda rows: metrics_at(rows, *at)),
@@ -158,7 +138,7 @@ def summarize_members(cfg_dir: Path, policy: str | None = None, rule: str = "out
         p = choose(points, pol)
         policies[pol] = {
             "point": [p["mask_threshold"], p["min_area_px"], p["head_threshold"], p.get("head_mask_threshold")],
-            "pooled": _fold_values(p),
+            "pooled": fold_values(p),
             "fp_px_per_normal_patient": p["fp_px_per_normal_patient"],
         }
     minutes = [sum(t["seconds"] for t in f["training"].values()) / 60 for f in folds]
@@ -211,7 +191,6 @@ def _pooled_auc(rows: list[dict[str, Any]]) -> dict[str, float | None]:
 
 def markdown(summary: dict[str, Any]) -> str:
     """The tables of one ensemble configuration for RESULTS.md."""
-    from ichseg.crossval import _fmt_stat
 
     keys = ("recall", "precision", "dice_global", "iou_global", "scan_sensitivity", "scan_specificity")
     op = summary["operating_point"]
@@ -230,7 +209,7 @@ def markdown(summary: dict[str, Any]) -> str:
     ]
     for name, a in summary["ablations"].items():
         st = a["stats"]
-        lines.append(f"| {name} | {summary['folds']}/{summary['of']} | " + " | ".join(_fmt_stat(st[k]) for k in keys) + " |")
+        lines.append(f"| {name} | {summary['folds']}/{summary['of']} | " + " | ".join(fmt_stat(st[k]) for k in keys) + " |")
     b = summary["bootstrap"]
     lines += [
         "",
@@ -279,156 +258,3 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {pol} | {tuple(v['point'])} | " + " | ".join("n/a" if pv[k] is None else f"{pv[k]:.3f}" for k in keys) + " |"
         )
     return "\n".join(lines) + "\n"
-
-
-def assemble(
-    cfg_dir: Path,
-    work_root: Path,
-    out_dir: Path,
-    *,
-    data_dir: Path | None = None,
-    expected_size_px: int | None = 650,
-    fp16: bool = True,
-    policy: str | None = None,
-) -> Path:
-    """One bundle from the K members of ``cfg_dir``'s folds (weights from
-    ``work_root/<name>/fold<k>/train/unet/last``) with the pooled out-of-fold operating
-    point; returns ``out_dir``. With ``data_dir`` the training patients' image
-    fingerprints are recorded, so ``evaluate`` can tell when it is shown them again."""
-    from ichseg.models.weights import load_model, save_ensemble
-
-    summary = summarize_members(cfg_dir, policy)
-    folds = load_member_folds(cfg_dir)
-    config = from_dict(RunConfig, folds[0]["config"])
-    members, metas = [], []
-    for f in folds:
-        m, ucfg, meta = load_model(member_dir(work_root, summary["name"], f["fold"]) / "last")
-        members.append(m)
-        metas.append({"fold": f["fold"], "epoch": meta.get("epoch"), "train_patients": f["train_patients"]})
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_ensemble(
-        members,
-        ucfg,
-        out_dir / "unet",
-        {
-            "members_meta": metas,
-            "git_commit": _commit(),
-            "data_checksum": folds[0]["data_checksum"],
-            "train_config": meta.get("train_config"),
-            "dataset_credit": DATASET_CREDIT,
-        },
-        fp16=fp16,
-    )
-    everyone = sorted({p for f in folds for p in f["val_patients"]})
-    write_bundle_json(
-        out_dir,
-        config,
-        _chosen_pipeline(config, summary),
-        cfg_dir,
-        summary,
-        ensemble={"members": len(members), "folds": [m["fold"] for m in metas], "fp16_storage": fp16},
-        patients=everyone,
-        data_checksum=folds[0]["data_checksum"],
-        training={f"fold{f['fold']}": f["training"].get("unet", {}) for f in folds},
-        data_dir=data_dir,
-        expected_size_px=expected_size_px,
-    )
-    return out_dir
-
-
-def write_bundle_json(
-    out_dir: Path,
-    config: RunConfig,
-    pipeline: Any,
-    cfg_dir: Path,
-    summary: dict[str, Any],
-    *,
-    ensemble: dict[str, Any],
-    patients: list[str],
-    data_checksum: str,
-    training: dict[str, Any],
-    data_dir: Path | None = None,
-    expected_size_px: int | None = 650,
-) -> None:
-    """``pipeline.json``, ``config.json`` and ``cv_summary.json`` of a bundle whose
-    operating point comes from the pooled out-of-fold rows of ``cfg_dir``."""
-    from ichseg.workflow import hardware
-
-    trained_on: dict[str, Any] = {"patients": patients, "data_checksum": data_checksum}
-    if data_dir is not None:
-        from ichseg.data.ctich import build_index
-        from ichseg.release import patient_fingerprints
-
-        records = [r for r in build_index(data_dir, expected_size_px=expected_size_px).records if r.patient_id in patients]
-        trained_on["patient_fingerprints"] = patient_fingerprints(records)
-    body = {
-        "pipeline": to_dict(pipeline),
-        "preprocess": to_dict(config.preprocess),
-        "calibration": _calibration(cfg_dir, summary),
-        "ensemble": ensemble,
-        "trained_on": trained_on,
-        "training": training,
-        "hardware": hardware(),
-    }
-    save_json(body, Path(out_dir) / "pipeline.json")
-    save_json(to_dict(config), Path(out_dir) / "config.json")
-    atomic_write_text(Path(out_dir) / "cv_summary.json", json.dumps(summary, indent=1) + "\n")
-
-
-def _chosen_pipeline(config: RunConfig, summary: dict[str, Any], *, screening: bool = True):
-    """The configuration's pipeline at the operating point chosen on the pooled folds
-    (``screening`` False for a single network: there is no first member to screen with)."""
-    op = summary["operating_point"]
-    return dataclasses.replace(
-        config.pipeline,
-        mask_threshold=float(op["mask_threshold"]),
-        min_area_px=int(op["min_area_px"]),
-        head_threshold=op["head_threshold"],
-        verdict_rule=op["verdict_rule"],
-        head_mask_threshold=op["head_mask_threshold"],
-        screen_threshold=op["screen_threshold"] if screening else None,
-        gate_sensitivity=None,
-        tune_operating_point=False,
-    )
-
-
-def _calibration(cfg_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "on": "pooled out-of-fold predictions of the cross-validation members",
-        "policy": summary["policy"],
-        "cv": str(cfg_dir),
-        "pooled": summary["pooled"],
-        # a lesion's subtype is named only at or above its head's threshold (evaluate.oof.subtype_thresholds)
-        "subtype_thresholds": summary.get("subtype_thresholds", {}),
-    }
-
-
-def recalibrate(model_dir: Path, cfg_dir: Path, policy: str | None = None) -> dict[str, Any]:
-    """Choose an assembled fold-ensemble bundle's operating point again from its folds'
-    out-of-fold rows (e.g. under a new verdict rule): ``pipeline.json`` and
-    ``cv_summary.json`` are rewritten, the weights are not touched. The folds must be the
-    bundle's own (same configuration name and folds)."""
-    model_dir = Path(model_dir)
-    body = json.loads((model_dir / "pipeline.json").read_text())
-    made_from = Path(body.get("calibration", {}).get("cv", "")).name
-    if made_from != Path(cfg_dir).name:
-        raise ValueError(f"{model_dir}: assembled from {made_from or 'unknown folds'!r}, not {Path(cfg_dir).name!r}")
-    folds = load_member_folds(cfg_dir)
-    ens = body.get("ensemble", {})
-    made_of = ens.get("cv_folds", ens.get("folds", []))  # a single network names the folds that chose its point
-    if sorted(f["fold"] for f in folds) != sorted(made_of):
-        raise ValueError(f"{cfg_dir}: its folds are not the ones the bundle was made from ({made_of})")
-    summary = summarize_members(cfg_dir, policy)
-    config = from_dict(RunConfig, folds[0]["config"])
-    body["pipeline"] = to_dict(_chosen_pipeline(config, summary, screening=not ens.get("single")))
-    body["calibration"] = _calibration(cfg_dir, summary)
-    save_json(body, model_dir / "pipeline.json")
-    atomic_write_text(model_dir / "cv_summary.json", json.dumps(summary, indent=1) + "\n")
-    return summary
-
-
-def _commit() -> str:
-    from ichseg.workflow import git_commit
-
-    return git_commit()
