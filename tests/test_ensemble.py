@@ -254,6 +254,10 @@ def test_fold_ensemble_cv_resume_assemble_predict_evaluate_stress(
     for key in ("slice", "scan", "pixel", "variants", "subtype_auc", "operating_point", "resolution", "bootstrap"):
         assert key in m
     assert set(m["variants"]) == {"unet_only", "classifier"} and m["ensemble_members"] == 2
+    # the definitions describe the rule that ran (two members averaged, no classifier gate)
+    said = m["definitions"]["slice_verdicts"]["pipeline"]
+    assert "fold ensemble of 2 U-Nets" in said and f"probability >= {op['mask_threshold']:g}" in said
+    assert "gates" not in said and said in (ev / "metrics.md").read_text()
     assert len(m["patients_seen_in_training"]) == len(body["trained_on"]["patients"])
 
     # the stress test: each fold's member on its own held-out patients, inputs perturbed

@@ -179,3 +179,12 @@ def test_the_checker_names_the_file_and_line(tmp_path: Path, package: str, sourc
 def test_a_cycle_is_reported() -> None:
     graph = {"ichseg.a": [("ichseg.b", 1)], "ichseg.b": [("ichseg.c", 2)], "ichseg.c": [("ichseg.a", 3)], "ichseg.d": []}
     assert cycles(graph) == [["ichseg.a", "ichseg.b", "ichseg.c"]]
+
+
+def test_a_long_module_says_why_in_its_docstring() -> None:
+    long = []
+    for path in sorted(_modules().values()):
+        text = path.read_text()
+        if text.count("\n") > 400 and "Why it is long:" not in (ast.get_docstring(ast.parse(text)) or ""):
+            long.append(f"{path.relative_to(SRC)}: {text.count(chr(10))} lines and no 'Why it is long:' in its docstring")
+    assert not long, "\n".join(long)

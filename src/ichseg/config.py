@@ -2,6 +2,9 @@
 
 Configs are plain frozen dataclasses so they can be written as JSON beside every run and
 every set of weights, and read back by inference without importing training code.
+
+Why it is long: every setting of every stage, each dataclass beside the presets built from
+it, so that one file answers "what ran"; the presets are data, not logic.
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ Geometry, which CT-ICH does not record either:
 * axial, head first supine, image rows running anterior → posterior and columns the
   patient's right → left (DICOM ImageOrientationPatient 1\\0\\0\\0\\1\\0), centred on the
   field of view.
+
+Why it is long: the DICOM and NIfTI writers of a converted patient share its geometry and
+HU reconstruction, and must stay identical in both so the two readers can be tested
+against each other.
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ reproduce g0 and g255 to within 0.04 grey levels. ``docs/WINDOWS.md`` has the de
 
 The grey-level mapping is DICOM's linear VOI LUT function (PS3.3 C.11.2.1.2.1) onto
 0–255, rounded to the nearest level, which is what an 8-bit window export does.
+
+Why it is long: the window estimate is one statistical method (block regression,
+anatomical anchors, bootstrap) with its command-line entry; its steps are private and only
+meaningful together.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ warms caches for another. All paths process the same study: a ~30-slice patient 
 ``../shared/ct-ich`` when given, else a generated one. The paper's baseline uses its
 U-Net (512×512, 32 filters) with random He-initialised weights: the timing does not
 depend on the weights.
+
+Why it is long: the worker that runs in the timed child process and the parent that starts
+it, merges rounds and checks the targets speak one private protocol (argv and a JSON
+file); they are kept together so it cannot drift.
 """
 
 from __future__ import annotations

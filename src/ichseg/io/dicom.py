@@ -17,6 +17,10 @@ header or pixel data is incomplete is an error.
 Compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000, RLE) are decoded by pydicom's
 pixel handlers; JPEG family decoders come from ``pylibjpeg``, ``pylibjpeg-libjpeg`` and
 ``pylibjpeg-openjpeg``.
+
+Why it is long: reading a hospital's folder is a chain of checks (file scan, series
+choice, geometry, spacing gaps, tilt, truncation) that each refuse with a named file;
+every check is short, but they share the per-file header cache.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ per-slice plot is inline SVG, the CSS is inline, there are no scripts and no lin
 so it opens the same from a USB stick, an e-mail attachment or an air-gapped workstation, and WeasyPrint turns it into a PDF
 without touching the network (``ichseg.report.pdf``). All text that comes from outside
 (study names, titles, model information) is HTML-escaped.
+
+Why it is long: one self-contained document (CSS, lesion table, key-slice panels, the per-
+slice plot and the limits text) whose parts share escaping and layout helpers; split, each
+part would need all of them.
 """
 
 from __future__ import annotations

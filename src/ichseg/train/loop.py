@@ -3,6 +3,10 @@
 One function trains either stage: the U-Net on masks (monitor: validation Dice) or the
 classifier on slice labels (monitor: validation ROC AUC). Data arrive as in-memory uint8
 arrays, which for CT-ICH at CPU resolutions fit easily in RAM and avoid loader overhead.
+
+Why it is long: the loop, its precision handling (bf16 autocast, channels-last) and its
+resumable state are one piece of control flow; split, the resume logic would be read apart
+from the loop it restores.
 """
 
 from __future__ import annotations
