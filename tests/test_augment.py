@@ -70,7 +70,8 @@ def test_training_device_is_resolved_or_refused() -> None:
     import pytest
     import torch
 
-    from ichseg.cli import _config, build_parser
+    from ichseg.cli import build_parser
+    from ichseg.cli.options import run_config as _config
     from ichseg.train.loop import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
