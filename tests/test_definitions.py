@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ichseg.config import PipelineConfig
-from ichseg.evaluate.report import definitions
+from ichseg.evaluate.definitions import definitions
 
 
 def test_two_stage_rule_names_the_gate_and_its_threshold() -> None:

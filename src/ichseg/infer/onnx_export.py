@@ -31,7 +31,7 @@ def _write_sidecar(graph: Path, stage: str, **extra: object) -> None:
     atomic_write_text(Path(f"{graph}.json"), json.dumps(body, indent=2) + "\n")
 
 
-def export_onnx(model_dir: Path, opset: int = 17) -> list[Path]:
+def export_onnx(model_dir: Path, opset: int = 18) -> list[Path]:
     """Write ``<stage>.onnx`` and ``<stage>.onnx.json`` beside each stage's safetensors."""
     from ichseg.models.weights import load_model
 
@@ -40,22 +40,13 @@ def export_onnx(model_dir: Path, opset: int = 17) -> list[Path]:
     for stage in bundle_stages(model_dir):
         model, cfg, meta = load_model(model_dir / stage)
         model.eval()
-        x = torch.rand(1, cfg.in_channels, cfg.input_size_px, cfg.input_size_px)
+        x = torch.rand(2, cfg.in_channels, cfg.input_size_px, cfg.input_size_px)  # batch 2: 1 would be specialised
         path = model_dir / f"{stage}.onnx"
         outputs = ["logits", "head_logits"] if getattr(cfg, "heads", ()) and stage == "unet" else ["logits"]
         half = meta.get("storage") == "float16"
 
         def write(tmp: Path, model=model, x=x, outputs=outputs, half=half) -> None:
-            torch.onnx.export(
-                model,
-                (x,),
-                str(tmp),
-                input_names=["image"],
-                output_names=outputs,
-                dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
-                opset_version=opset,
-                dynamo=False,
-            )
+            _export(model, x, tmp, outputs, opset)
             if half:
                 store_weights_fp16(tmp)
 
@@ -71,6 +62,36 @@ def export_onnx(model_dir: Path, opset: int = 17) -> list[Path]:
         log.info("exported %s", path)
         out.append(path)
     return out
+
+
+def _export(model: torch.nn.Module, x: torch.Tensor, path: Path, outputs: list[str], opset: int) -> None:
+    """One graph through PyTorch's supported exporter (``torch.export`` + onnxscript, the
+    ``dynamo=True`` path; the TorchScript exporter is deprecated), batch dimension free,
+    weights inside the file (one file per graph, as the sidecar's checksum expects)."""
+    import contextlib
+    import io
+    import warnings
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed" notes: nothing of ours uses it
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(
+                model,
+                (x,),
+                input_names=["image"],
+                output_names=outputs,
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+            )
+        program.save(str(path), external_data=False)
+    finally:
+        quiet.setLevel(level)
 
 
 def store_weights_fp16(path: Path, min_elements: int = 64) -> None:
