@@ -80,7 +80,13 @@ def to_frame(image_u8: np.ndarray, frame: Frame, frame_px: int = FRAME_PX) -> np
 
 
 def from_frame(mask: np.ndarray, frame: Frame) -> np.ndarray:
-    """A mask in the model's frame back on the slice's own grid (nearest neighbour)."""
+    """A mask in the model's frame back on the slice's own grid.
+
+    Resampled as the fraction of each source pixel that the mask covers (area averaging
+    when the frame is finer, bilinear when it is coarser), kept where that is at least a
+    half: nearest-neighbour picking lost up to 6% of a 3 mm crescent's Dice on a 512-px
+    0.45 mm grid, this loses none (tests/test_frame_geometry.py). CT-ICH's own grid is
+    the identity, unchanged."""
     (oy, ox), (h, w) = frame.offset, frame.scaled
     scaled = np.zeros((h, w), bool)
     ys, xs = max(0, oy), max(0, ox)
@@ -88,7 +94,9 @@ def from_frame(mask: np.ndarray, frame: Frame) -> np.ndarray:
     scaled[ys - oy : ye - oy, xs - ox : xe - ox] = mask[ys:ye, xs:xe]
     if (h, w) == frame.shape:
         return scaled
-    return cv2.resize(scaled.astype(np.uint8), frame.shape[::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
+    shrink = h * w > frame.shape[0] * frame.shape[1]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(scaled.astype(np.float32), frame.shape[::-1], interpolation=interp) >= 0.5
 
 
 def _index_to_world(volume: Volume, dicom: bool) -> np.ndarray:
