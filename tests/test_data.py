@@ -174,3 +174,26 @@ def test_real_ct_ich_index() -> None:
     assert sum(r.hemorrhage for r in res.records) == 246
     assert res.disagreements == []
     assert sum(1 for r in res.records if not r.bone_path) == 1  # patient 084 lacks one bone slice
+
+
+def test_every_bad_file_is_named_at_once_and_nothing_is_written(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    """Three patients each with a different fault: one run names all three files (a user fixes
+    them in one go), and the index is not written."""
+    records = build_index(tiny_data, expected_size_px=SMALL_PX).records
+    picks, seen = [], set()
+    for r in records:
+        if r.patient_id not in seen:
+            seen.add(r.patient_id)
+            picks.append(Path(r.image_path))
+    corrupt, empty, wrong = picks[:3]
+    corrupt.write_bytes(b"this is not a jpeg" * 10)
+    empty.write_bytes(b"")
+    Image.fromarray(np.zeros((SMALL_PX + 10, SMALL_PX), np.uint8)).save(wrong)
+    with pytest.raises(DatasetError) as err:
+        build_index(tiny_data, expected_size_px=SMALL_PX)
+    for bad in (corrupt, empty, wrong):
+        assert str(bad) in str(err.value), bad
+    code = main(["index", "--data", str(tiny_data), "--out", str(tmp_path / "o"), "--image-size", str(SMALL_PX)])
+    printed = capsys.readouterr().err
+    assert code == 2 and all(str(b) in printed for b in (corrupt, empty, wrong))
+    assert not (tmp_path / "o" / "index.csv").exists()

@@ -153,3 +153,15 @@ def test_a_jpg_patient_folder_gets_a_summary_and_report(tmp_path: Path, capsys: 
     assert "not a medical device" in (out / "report.html").read_text()
     detail = json.loads((out / "predictions.json").read_text())
     assert s["positive_slices"] == [k + 1 for k, r in enumerate(detail["slices_detail"]) if r["hemorrhage"]]
+
+
+def test_a_series_with_a_missing_slice_is_refused_and_nothing_is_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    hu = expected_hu(6, 32, 32)
+    _, files = write_series(tmp_path / "series", hu)
+    files[3].unlink()  # a hole in the middle of the volume: its volumes and positions would be wrong
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "series"), "--out", str(out), "--no-head-check"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "series" in err[0]
+    assert not out.exists()
