@@ -3,8 +3,9 @@
 From the top: ``cli`` → ``experiments`` → ``evaluate``/``infer``/``train`` → ``data``/
 ``models``/``report`` → ``io`` → the ground modules (``config``, ``files``, ``credits``,
 ``errors``, ``hardware``, ``sample``). Inside a layer the packages do not import each other,
-except ``evaluate`` → ``infer`` (evaluation runs the inference it measures); inference and
-evaluation never import training. Imports inside functions count (they are still
+except ``evaluate`` → ``infer`` (evaluation runs the inference it measures) and ``services``
+→ ``infer`` (the hospital services run it); inference, evaluation and services never import
+training. Imports inside functions count (they are still
 dependencies); imports under ``if TYPE_CHECKING:`` do not (they never run).
 """
 
@@ -25,12 +26,13 @@ LAYERS = {
     "evaluate": 3,
     "infer": 3,
     "train": 3,
+    "services": 3,
     "experiments": 4,
     "cli": 5,
 }
 GROUND = {"config", "files", "credits", "errors", "hardware", "sample", "weights"}
-SAME_LAYER_ALLOWED = {("evaluate", "infer")}
-NEVER = {("infer", "train"), ("evaluate", "train")}
+SAME_LAYER_ALLOWED = {("evaluate", "infer"), ("services", "infer")}
+NEVER = {("infer", "train"), ("evaluate", "train"), ("services", "train")}
 
 
 def _modules() -> dict[str, Path]:

@@ -1,5 +1,5 @@
 """Command line: ``ichseg <command>``, one small module per command group (:mod:`.data`,
-:mod:`.training`, :mod:`.predict`, :mod:`.evaluation`), shared options in :mod:`.options`."""
+:mod:`.training`, :mod:`.predict`, :mod:`.evaluation`, :mod:`.services`), shared options in :mod:`.options`."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, third-party libraries' too")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True)
-    from ichseg.cli import data, evaluation, predict, training
+    from ichseg.cli import data, evaluation, predict, services, training
 
-    for group in (data, training, predict, evaluation):
+    for group in (data, training, predict, evaluation, services):
         group.register(sub)
     return p
 
