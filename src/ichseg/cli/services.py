@@ -1,4 +1,5 @@
-"""``ichseg dicom-node``: the hospital's way in (a PACS or scanner pushes head CTs to it)."""
+"""``ichseg dicom-node`` and ``ichseg serve``: the hospital's ways in (a PACS or scanner pushes
+head CTs to the node; people and programs upload to the REST service and its viewer)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,63 @@ def cmd_dicom_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    import os
+
+    if args.token_file:
+        try:
+            return Path(args.token_file).read_text().strip() or None
+        except OSError as exc:
+            raise ValueError(f"{args.token_file}: cannot read the token ({exc.strerror})") from exc
+    return os.environ.get("ICHSEG_API_TOKEN") or None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ichseg.services.jobs import PredictionSlots
+    from ichseg.services.rest import Service, ServiceConfig, create_app
+
+    slots = PredictionSlots(1)  # one prediction at a time, whoever asked for it
+    service = Service(
+        ServiceConfig(
+            store=args.store,
+            token=_token(args),
+            no_auth=args.no_auth,
+            host=args.host,
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+            max_active_jobs=args.max_jobs,
+            model_dir=args.model,
+            runtime=args.runtime,
+        ),
+        slots,
+    )
+    node = None
+    if args.dicom_port:
+        from ichseg.services.dicom_node import Destination, DicomNode, NodeConfig
+
+        node = DicomNode(
+            NodeConfig(
+                store=Path(args.store) / "dicom-node",
+                ae_title=args.ae_title,
+                host=args.host,
+                port=args.dicom_port,
+                destination=Destination.parse(args.destination) if args.destination else None,
+                model_dir=args.model,
+                runtime=args.runtime,
+            ),
+            slots,
+        )
+        node.start()
+    print(f"ichseg service on http://{args.host}:{args.port}/ (viewer at /, API at /v1, docs at /docs)", flush=True)
+    try:
+        uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+    finally:
+        if node is not None:
+            node.stop()
+    return 0
+
+
 def register(sub) -> None:
     """Add this group's subcommands to the parser."""
     s = sub.add_parser("dicom-node", help="a DICOM node: receives CT by C-STORE, sends SEG and SR back", allow_abbrev=False)
@@ -50,3 +108,18 @@ def register(sub) -> None:
     s.add_argument("--runtime", default="auto", help="inference runtime (as predict)")
     s.add_argument("--no-head-check", action="store_true", help="predict even when a series does not look like a head CT")
     s.set_defaults(func=cmd_dicom_node)
+
+    s = sub.add_parser("serve", help="the REST service with jobs and the viewer (FastAPI)", allow_abbrev=False)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--store", type=Path, required=True, help="folder for uploads, jobs and answers")
+    s.add_argument("--token-file", type=Path, default=None, help="the bearer token (else $ICHSEG_API_TOKEN)")
+    s.add_argument("--no-auth", action="store_true", help="no token (loopback only)")
+    s.add_argument("--max-upload-mb", type=float, default=1024.0, help="larger uploads get 413")
+    s.add_argument("--max-jobs", type=int, default=16, help="queued + running jobs before 429")
+    s.add_argument("--dicom-port", type=int, default=None, help="also run the DICOM node on this port (one shared queue)")
+    s.add_argument("--ae-title", default="ICHSEG", help="with --dicom-port: the node's AE title")
+    s.add_argument("--destination", default=None, metavar="AE@HOST:PORT", help="with --dicom-port: where SEG and SR go")
+    s.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped model)")
+    s.add_argument("--runtime", default="auto", help="inference runtime (as predict)")
+    s.set_defaults(func=cmd_serve)

@@ -80,8 +80,11 @@ def _ae_text(value: object) -> str:
 class DicomNode:
     """The node: a pynetdicom server plus one worker thread; :meth:`start`, :meth:`stop`."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, slots=None) -> None:
+        from ichseg.services.jobs import PredictionSlots
+
         self.config = config
+        self.slots = slots or PredictionSlots(1)
         self.queue = StudyQueue(Path(config.store))
         self.results = Path(config.store) / "results"
         self._server = None
@@ -189,7 +192,8 @@ class DicomNode:
         t0 = time.perf_counter()
         volume = read_dicom_series(job.folder, series_uid=job.series_uid)
         out = self.results / job.series_uid
-        summary = predict_volume(self._load_bundle(), volume, out, head_check=self.config.head_check)
+        with self.slots.slot():
+            summary = predict_volume(self._load_bundle(), volume, out, head_check=self.config.head_check)
         log.info(
             "series %s: %s, %.1f mL (%d instances, %.1f s)",
             job.series_uid,

@@ -1,0 +1,115 @@
+"""``ichseg serve``'s REST service in process (FastAPI's TestClient): tokens, refusals that
+leave nothing behind, the bounded queue, cancelling, and a job that a restarted service
+finishes, with the viewer's slice endpoints on the answer."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient
+
+from ichseg.services.rest import Service, ServiceConfig, create_app
+
+TOKEN = "s3cret-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def sample_zip() -> bytes:
+    """The packaged sample study (CT-ICH 049: brain/ and bone/ JPGs) as a zip."""
+    from ichseg.sample import sample_study_dir
+
+    root = sample_study_dir()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for f in sorted(root.rglob("*.jpg")):
+            zf.write(f, f"049/{f.relative_to(root)}")
+    return buf.getvalue()
+
+
+def client(store: Path, **kw) -> TestClient:
+    return TestClient(create_app(Service(ServiceConfig(store=store, token=TOKEN, **kw))))
+
+
+def test_tokens_are_required_and_compared(tmp_path: Path) -> None:
+    c = client(tmp_path)  # no `with`: the worker does not start
+    assert c.get("/healthz").json()["status"] == "ok"
+    assert c.get("/v1/jobs").status_code == 401
+    assert c.get("/v1/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert c.get("/v1/jobs", headers={"Authorization": TOKEN}).status_code == 401  # not a bearer header
+    assert c.get("/v1/jobs", headers=AUTH).json() == []
+    assert "ichseg viewer" in c.get("/").text and "http://" not in c.get("/").text.replace("http://www.w3.org/2000/svg", "")
+    with pytest.raises(ValueError, match="token"):
+        Service(ServiceConfig(store=tmp_path))
+    with pytest.raises(ValueError, match="loopback"):
+        Service(ServiceConfig(store=tmp_path, no_auth=True, host="0.0.0.0"))
+
+
+def _zip_with(name: str, data: bytes, compress: bool = False) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as zf:
+        zf.writestr(name, data)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("filename", "body", "status"),
+    [
+        ("study.zip", _zip_with("../../etc/evil.dcm", b"x"), 400),  # climbs out of the upload
+        ("study.zip", _zip_with("/abs/evil.dcm", b"x"), 400),
+        ("bomb.zip", _zip_with("zeros.bin", b"\0" * (64 << 20), compress=True), 413),  # 64 MB from ~64 kB
+        ("notes.txt", b"hello", 415),
+        ("study.zip", b"not a zip at all", 400),
+        ("big.nii.gz", b"\0" * (3 << 20), 413),  # over this service's 2 MB limit
+    ],
+    ids=["traversal", "absolute", "zip-bomb", "wrong-kind", "not-a-zip", "oversized"],
+)
+def test_bad_uploads_are_refused_and_leave_nothing(tmp_path: Path, filename: str, body: bytes, status: int) -> None:
+    c = client(tmp_path, max_upload_bytes=2 << 20)
+    r = c.post("/v1/studies", files={"file": (filename, body)}, headers=AUTH)
+    assert r.status_code == status, r.text
+    assert c.get("/v1/jobs", headers=AUTH).json() == []
+    assert not list((tmp_path / "jobs").glob("*")) if (tmp_path / "jobs").exists() else True
+    assert not (tmp_path.parent / "etc").exists()
+
+
+def test_a_full_queue_says_when_to_come_back_and_a_queued_job_can_be_cancelled(tmp_path: Path) -> None:
+    c = client(tmp_path, max_active_jobs=1)
+    first = c.post("/v1/studies", files={"file": ("a.zip", _zip_with("1.jpg", b"x"))}, headers=AUTH)
+    assert first.status_code == 202 and first.headers["location"] == f"/v1/jobs/{first.json()['job_id']}"
+    second = c.post("/v1/studies", files={"file": ("b.zip", _zip_with("1.jpg", b"x"))}, headers=AUTH)
+    assert second.status_code == 429 and int(second.headers["retry-after"]) > 0
+    jid = first.json()["job_id"]
+    assert c.delete(f"/v1/jobs/{jid}", headers=AUTH).json() == {"id": jid, "was": "queued", "state": "cancelled"}
+    assert c.get(f"/v1/jobs/{jid}", headers=AUTH).json()["state"] == "cancelled"
+    assert c.delete("/v1/jobs/nope", headers=AUTH).status_code == 404
+
+
+def test_a_job_left_by_a_stopped_service_is_finished_by_the_next_one(tmp_path: Path) -> None:
+    before = client(tmp_path)  # accepts the upload, never runs it (as if it died)
+    r = before.post("/v1/studies", files={"file": ("049.zip", sample_zip())}, headers=AUTH)
+    assert r.status_code == 202
+    jid = r.json()["job_id"]
+    with client(tmp_path) as after:  # a restart on the same store: its worker picks the job up
+        deadline = time.monotonic() + 300
+        while (state := after.get(f"/v1/jobs/{jid}", headers=AUTH).json()["state"]) in ("queued", "running"):
+            assert time.monotonic() < deadline, "the job did not finish"
+            time.sleep(0.5)
+        job = after.get(f"/v1/jobs/{jid}", headers=AUTH).json()
+        assert state == "done" and job["kind"] == "images", job
+        assert job["summary"]["hemorrhage"] is True and {"summary.json", "report.html", "predictions.csv"} <= set(job["files"])
+        report = after.get(f"/v1/jobs/{jid}/files/report.html", headers=AUTH)
+        assert report.status_code == 200 and "not a medical device" in report.text.lower()
+        assert after.get(f"/v1/jobs/{jid}/files/../../jobs.sqlite", headers=AUTH).status_code == 404
+        sl = after.get(f"/v1/jobs/{jid}/slices", headers=AUTH).json()
+        assert len(sl["slices"]) == len(sl["probability"]) == 33 and max(sl["probability"]) > 0.5
+        png = after.get(f"/v1/jobs/{jid}/slices/{sl['slices'][16]}/ct.png", headers=AUTH)
+        assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+        assert after.get(f"/v1/jobs/{jid}/slices/{sl['slices'][16]}/mask.png", headers=AUTH).status_code == 200
+        assert after.get(f"/v1/jobs/{jid}/slices/nope/ct.png", headers=AUTH).status_code == 404
