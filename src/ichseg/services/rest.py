@@ -15,7 +15,6 @@ Jobs are on disk (:mod:`ichseg.services.jobs`): a restarted service resumes them
 runtime, and the handlers are defined inside :func:`create_app`.)
 """
 
-
 import hmac
 import logging
 import shutil
