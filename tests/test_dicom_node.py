@@ -287,3 +287,13 @@ def test_orthanc_sends_a_study_and_gets_seg_and_sr_back_into_it(series: list[Pat
         node.stop()
         orthanc.terminate()
         orthanc.wait(timeout=30)
+
+
+def test_concurrent_pushes_and_uploads_are_all_answered_once(tmp_path: Path) -> None:
+    """A small version of ``python -m ichseg.experiments.service_load`` (which prints the
+    latencies): nothing lost, nothing answered twice, under concurrent load on both doors."""
+    from ichseg.experiments.service_load import run
+
+    r = run(studies=6, uploads=12, work=tmp_path)
+    assert r["node"]["answered"] == 6 and r["node"]["answered_twice"] == 0
+    assert r["rest"]["accepted"] == r["rest"]["done"] == r["rest"]["distinct_jobs"] == 12

@@ -71,6 +71,7 @@ class NodeConfig:
     runtime: str = "auto"
     head_check: bool = True
     poll_s: float = 0.5
+    max_associations: int = 32  # pynetdicom's default is 10: a PACS flushing its queue opens more
 
 
 def _ae_text(value: object) -> str:
@@ -106,6 +107,7 @@ class DicomNode:
         if self.config.allowed_aes:
             ae.require_calling_aet = list(self.config.allowed_aes)
         ae.maximum_pdu_size = 0
+        ae.maximum_associations = self.config.max_associations
         return ae
 
     def handle_store(self, event) -> int:
