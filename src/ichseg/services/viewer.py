@@ -78,6 +78,7 @@ function text(el, s) { el.textContent = s; return el; }
 async function refresh() {
   let jobs;
   try { jobs = await json("/v1/jobs"); } catch (e) { text($("msg"), "cannot list jobs (" + e.message + "): is the token right?"); return; }
+  if ($("msg").textContent.startsWith("cannot list jobs")) text($("msg"), "");
   const ul = $("jobs").querySelector("ul"); ul.replaceChildren();
   for (const j of jobs) {
     const li = document.createElement("li"); li.dataset.id = j.id;
