@@ -113,3 +113,53 @@ def test_a_job_left_by_a_stopped_service_is_finished_by_the_next_one(tmp_path: P
         assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
         assert after.get(f"/v1/jobs/{jid}/slices/{sl['slices'][16]}/mask.png", headers=AUTH).status_code == 200
         assert after.get(f"/v1/jobs/{jid}/slices/nope/ct.png", headers=AUTH).status_code == 404
+
+
+def test_server_killed_mid_job_finishes_it_after_a_restart(tmp_path: Path) -> None:
+    """``ichseg serve`` as its own process, SIGKILLed while it predicts; started again on the
+    same store, it finishes the job."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "token").write_text(TOKEN)
+    cmd = [sys.executable, "-m", "ichseg.cli", "serve", "--store", str(tmp_path / "store"), "--port", str(port)]
+    cmd += ["--token-file", str(tmp_path / "token")]
+    base = f"http://127.0.0.1:{port}"
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        proc.kill()
+        raise TimeoutError("ichseg serve did not come up")
+
+    server = start()
+    try:
+        r = httpx.post(base + "/v1/studies", files={"file": ("049.zip", sample_zip())}, headers=AUTH, timeout=60)
+        jid = r.json()["job_id"]
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{base}/v1/jobs/{jid}", headers=AUTH, timeout=10).json()["state"] == "queued":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.kill()  # mid-prediction
+        server.wait(timeout=30)
+        server = start()
+        deadline = time.monotonic() + 300
+        while (job := httpx.get(f"{base}/v1/jobs/{jid}", headers=AUTH, timeout=10).json())["state"] != "done":
+            assert job["state"] in ("queued", "running") and time.monotonic() < deadline, job
+            time.sleep(0.5)
+        assert "summary.json" in job["files"] and job["summary"]["hemorrhage"] is True
+    finally:
+        server.kill()
+        server.wait(timeout=30)
