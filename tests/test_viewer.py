@@ -19,6 +19,8 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
+if not (CHROMIUM and DRIVER) and os.environ.get("CI") == "true":
+    raise RuntimeError("Debian's chromium and chromium-driver are required in CI (.ci/run installs them)")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver")
 TOKEN = "viewer-test-token"
 
