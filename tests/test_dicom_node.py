@@ -141,6 +141,15 @@ def test_node_answers_a_pacs_push_with_seg_and_sr_in_the_same_study(series: list
         broken.SOPInstanceUID = "1.2.3.4.5.6.7.8.9"
         broken.save_as(tmp_path / "broken.dcm", enforce_file_format=True)
         assert push([tmp_path / "broken.dcm"], port)[0] != 0
+        cut = dcmread(series[0])  # a truncated instance: half its pixels
+        cut.PixelData = cut.PixelData[: len(cut.PixelData) // 2]
+        cut.SOPInstanceUID = "1.2.3.4.5.6.7.8.10"
+        cut.save_as(tmp_path / "cut.dcm", enforce_file_format=True)
+        mr = dcmread(series[0])  # not CT, though offered as CT Image Storage
+        mr.Modality, mr.SOPInstanceUID = "MR", "1.2.3.4.5.6.7.8.11"
+        mr.save_as(tmp_path / "mr.dcm", enforce_file_format=True)
+        assert all(status != 0 for status in push([tmp_path / "cut.dcm", tmp_path / "mr.dcm"], port))
+        assert echo(port) and not node.queue.series()  # still serving, nothing queued
         assert push(series, port) == [0] * len(series)
         got = pacs.wait_for(2, timeout_s=240)
         assert sorted(str(ds.Modality) for ds in got) == ["SEG", "SR"]

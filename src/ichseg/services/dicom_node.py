@@ -121,6 +121,10 @@ class DicomNode:
                 raise ValueError(f"no {', '.join(missing)}")
             if str(ds.get("Modality", "")).upper() != "CT" or "PixelData" not in ds:
                 raise ValueError(f"not a CT image (Modality {ds.get('Modality')!r})")
+            if not ds.file_meta.TransferSyntaxUID.is_compressed:  # a cut-short pixel buffer: refuse now, not later
+                need = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8 * int(ds.get("NumberOfFrames", 1) or 1)
+                if len(ds.PixelData) < need:
+                    raise ValueError(f"truncated pixel data ({len(ds.PixelData)} of {need} bytes)")
         except Exception as exc:  # a malformed instance must not take the node down
             log.warning("C-STORE from %s refused: %s", calling, exc)
             return CANNOT_UNDERSTAND
