@@ -26,6 +26,18 @@ _STORE = Path(__import__("tempfile").mkdtemp(prefix="ichseg-fuzz-"))
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app(_STORE))
 
 
+@pytest.fixture(autouse=True)
+def _subnormal_floats_back():
+    """Hypothesis draws subnormal floats; ``ichseg`` commands run in this process by earlier
+    tests turn on PyTorch's flush-to-zero (``torch.set_flush_denormal``), processor state
+    that Hypothesis refuses to work under. Put it back for these tests."""
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_flush_denormal(False)
+    yield
+
+
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @pytest.mark.parametrize("token", [None, TOKEN], ids=["no-token", "token"])

@@ -107,16 +107,22 @@ def _predict_batch(args: argparse.Namespace) -> int:
         status = f"error: {row['error']}" if row["error"] else f"{row['positive_slices']}/{row['slices']} slices positive"
         (bar.write if bar is not None else print)(f"{row['study']}: {status} ({row['seconds']:.1f} s)")
 
-    summary = predict_batch(
-        args.path,
-        args.out,
-        bundle_dir(args),
-        workers=args.workers,
-        runtime=args.runtime,
-        precision=args.precision,
-        overlays=not args.no_overlays,
-        on_result=on_result,
-    )
+    common = {"runtime": args.runtime, "precision": args.precision, "overlays": not args.no_overlays, "on_result": on_result}
+    if args.engine == "ray":
+        from ichseg.infer.ray_batch import predict_batch_ray
+
+        summary = predict_batch_ray(
+            args.path,
+            args.out,
+            bundle_dir(args),
+            address=args.address,
+            actors=args.actors,
+            cpus_per_actor=args.cpus_per_actor,
+            gpus_per_actor=args.gpus_per_actor,
+            **common,
+        )
+    else:
+        summary = predict_batch(args.path, args.out, bundle_dir(args), workers=args.workers, **common)
     if bar is not None:
         bar.close()
     rate = summary["studies_per_minute"]
@@ -177,6 +183,11 @@ def register(sub) -> None:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--no-overlays", action="store_true", help="skip overlay PNGs")
     s.add_argument("--workers", type=int, default=1, help="worker processes for a folder of studies")
+    s.add_argument("--engine", choices=("local", "ray"), default="local", help="a folder of studies: this machine's pool, or Ray")
+    s.add_argument("--address", default=None, help="--engine ray: 'auto' or HOST:PORT of a cluster (default: a local Ray)")
+    s.add_argument("--actors", type=int, default=1, help="--engine ray: model-holding actors")
+    s.add_argument("--cpus-per-actor", type=float, default=1.0, help="--engine ray: CPUs (and threads) per actor")
+    s.add_argument("--gpus-per-actor", type=float, default=0.0, help="--engine ray: GPUs per actor")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument(
         "--runtime",

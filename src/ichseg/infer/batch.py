@@ -92,7 +92,13 @@ def _init_worker(model_dir: str, runtime: str, threads: int, precision: str = "f
 
 
 def _predict_study(study: str, out_root: str, overlays: bool) -> dict[str, Any]:
-    """Predict one study into a partial folder, then publish it under its final name."""
+    return predict_one_study(_BUNDLE, study, out_root, overlays)
+
+
+def predict_one_study(bundle, study: str, out_root: str, overlays: bool) -> dict[str, Any]:
+    """Predict one study into a partial folder, then publish it under its final name; the
+    study's row of ``studies.csv`` (``error`` set, and nothing published, if it failed).
+    Every engine (this process pool, :mod:`ichseg.infer.ray_batch`) runs exactly this."""
     from ichseg.infer.predict import predict_path
 
     name = Path(study).name
@@ -100,7 +106,7 @@ def _predict_study(study: str, out_root: str, overlays: bool) -> dict[str, Any]:
     shutil.rmtree(partial, ignore_errors=True)
     t0 = time.perf_counter()
     try:
-        rows = predict_path(_BUNDLE, Path(study), partial, write_overlays=overlays)
+        rows = predict_path(bundle, Path(study), partial, write_overlays=overlays)
         pos = sum(r["hemorrhage"] for r in rows)
         seg = sum(r["segmented"] for r in rows)
         row = {"study": name, "slices": len(rows), "segmented_slices": seg, "positive_slices": pos}
@@ -178,9 +184,16 @@ def predict_batch(
             pool.shutdown(wait=True)
         finally:
             _restore(previous)
-    seconds = time.perf_counter() - t0
+    return batch_summary(out_root, studies, finished, rows, time.perf_counter() - t0)
+
+
+def batch_summary(
+    out_root: Path, studies: list[Path], finished: dict[str, Any], rows: list[dict[str, Any]], seconds: float
+) -> dict[str, Any]:
+    """Rebuild ``studies.csv`` from the finished folders (plus this run's failures) and say
+    what the run did; shared by every engine."""
     finished_rows = list(done_rows(out_root).values())
-    _write_table(finished_rows + [r for r in rows if r["error"]], out_root / "studies.csv")
+    _write_table(finished_rows + [r for r in rows if r["error"]], Path(out_root) / "studies.csv")
     ok = [r for r in rows if not r["error"]]
     return {
         "studies": len(studies),

@@ -1,0 +1,102 @@
+"""``ichseg predict COHORT --engine ray`` on a local Ray and on a simulated two-node cluster:
+the same per-study outputs as the local process pool (masks identical), a failing study in
+the middle, and a rerun that skips what a killed run finished."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from ichseg.cli import main  # noqa: E402
+
+
+def _masks(study_dir: Path) -> dict[str, np.ndarray]:
+    import cv2
+
+    return {p.name: cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((study_dir / "masks").glob("*.png"))}
+
+
+@pytest.fixture
+def cohort(tiny_data: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "cohort"
+    for p in sorted((tiny_data / "Patients_CT").iterdir()):
+        shutil.copytree(p, root / p.name)
+    bad = root / "099-broken"
+    (bad / "brain").mkdir(parents=True)
+    (bad / "brain" / "1.jpg").write_bytes(b"not a jpeg")  # fails in the middle of the cohort
+    return root
+
+
+def _predict(cohort: Path, out: Path, *extra: str) -> int:
+    return main(["predict", str(cohort), "--out", str(out), "--no-progress", "--no-overlays", "--runtime", "torch", *extra])
+
+
+def test_ray_engine_matches_the_local_pool_and_resumes(cohort: Path, tmp_path: Path) -> None:
+    assert _predict(cohort, tmp_path / "local") == 1  # one failed study: exit status 1, the rest done
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert _predict(cohort, tmp_path / "ray", "--engine", "ray", "--actors", "2") == 1
+        studies = sorted(p.name for p in cohort.iterdir())
+        good = [s for s in studies if s != "099-broken"]
+        for s in good:
+            a, b = _masks(tmp_path / "local" / s), _masks(tmp_path / "ray" / s)
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), s
+            ra = json.loads((tmp_path / "local" / s / "study.json").read_text())
+            rb = json.loads((tmp_path / "ray" / s / "study.json").read_text())
+            assert {k: v for k, v in ra.items() if k != "seconds"} == {k: v for k, v in rb.items() if k != "seconds"}
+        table = (tmp_path / "ray" / "studies.csv").read_text().splitlines()
+        assert len(table) == len(studies) + 1 and any(line.startswith("099-broken,") for line in table)
+        assert not (tmp_path / "ray" / "099-broken").exists() and not list((tmp_path / "ray").glob(".partial-*"))
+        # a killed run: one study's folder lost, another left half-written; the rerun redoes just those
+        shutil.rmtree(tmp_path / "ray" / good[0])
+        shutil.rmtree(tmp_path / "ray" / good[1])
+        (tmp_path / "ray" / f".partial-{good[1]}").mkdir()
+        kept = {s: (tmp_path / "ray" / s / "study.json").stat().st_mtime_ns for s in good[2:]}
+        assert _predict(cohort, tmp_path / "ray", "--engine", "ray") == 1
+        assert all((tmp_path / "ray" / s / "study.json").stat().st_mtime_ns == t for s, t in kept.items())
+        assert all((tmp_path / "ray" / s / "study.json").exists() for s in good)
+    finally:
+        ray.shutdown()
+
+
+def test_ray_engine_on_a_two_node_cluster(cohort: Path, tmp_path: Path) -> None:
+    from ray.cluster_utils import Cluster
+
+    from ichseg.infer.ray_batch import predict_batch_ray
+    from ichseg.infer.shipped import default_model_dir
+
+    shutil.rmtree(cohort / "099-broken")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        s = predict_batch_ray(cohort, tmp_path / "out", default_model_dir(), actors=2, runtime="torch", overlays=False)
+        assert s["predicted"] == len(list(cohort.iterdir())) and s["failed"] == 0 and s["engine"]["actors"] == 2
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_without_ray_installed_the_engine_says_how_to_get_it(monkeypatch, tmp_path: Path, cohort: Path) -> None:
+    import builtins
+
+    from ichseg.infer.ray_batch import INSTALL_HINT, predict_batch_ray
+
+    real = builtins.__import__
+
+    def no_ray(name, *a, **k):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(ImportError, match="ichseg\\[ray\\]"):
+        predict_batch_ray(cohort, tmp_path / "o", tmp_path)
+    assert "pip install" in INSTALL_HINT
