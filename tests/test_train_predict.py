@@ -546,7 +546,16 @@ def test_interrupting_a_batch_ends_its_workers_and_a_rerun_finishes(
             shutil.copytree(p, root / f"{p.name}-{k}")
     out = tmp_path / "batch"
     args = ["predict", str(root), "--model", str(trained), "--out", str(out), "--workers", "2", "--no-progress", "--no-overlays"]
-    proc = subprocess.Popen([sys.executable, "-m", "ichseg.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    # A shell starting pytest in the background (`cmd &`, nohup) ignores SIGINT, and ignored
+    # signals are inherited across exec: Python then never installs its Ctrl-C handler and
+    # the batch cannot be interrupted at all. A terminal's Ctrl-C finds it at its default.
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ichseg.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint
+    )
     try:
         deadline = time.monotonic() + 120
         while not list(out.glob("*/study.json")) and proc.poll() is None and time.monotonic() < deadline:
