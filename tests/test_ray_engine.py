@@ -39,7 +39,7 @@ def _predict(cohort: Path, out: Path, *extra: str) -> int:
 
 def test_ray_engine_matches_the_local_pool_and_resumes(cohort: Path, tmp_path: Path) -> None:
     assert _predict(cohort, tmp_path / "local") == 1  # one failed study: exit status 1, the rest done
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # logical CPUs: 2 actors and the data tasks
     try:
         assert _predict(cohort, tmp_path / "ray", "--engine", "ray", "--actors", "2") == 1
         studies = sorted(p.name for p in cohort.iterdir())
