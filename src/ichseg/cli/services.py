@@ -55,19 +55,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ichseg.services.rest import Service, ServiceConfig, create_app
 
     slots = PredictionSlots(1)  # one prediction at a time, whoever asked for it
-    service = Service(
-        ServiceConfig(
-            store=args.store,
-            token=_token(args),
-            no_auth=args.no_auth,
-            host=args.host,
-            max_upload_bytes=int(args.max_upload_mb * 2**20),
-            max_active_jobs=args.max_jobs,
-            model_dir=args.model,
-            runtime=args.runtime,
-        ),
-        slots,
-    )
     node = None
     if args.dicom_port:
         from ichseg.services.dicom_node import Destination, DicomNode, NodeConfig
@@ -84,7 +71,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ),
             slots,
         )
-        node.start()
+        node.start(worker=False)  # the service's one worker serves the node's series too
+    service = Service(
+        ServiceConfig(
+            store=args.store,
+            token=_token(args),
+            no_auth=args.no_auth,
+            host=args.host,
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+            max_active_jobs=args.max_jobs,
+            model_dir=args.model,
+            runtime=args.runtime,
+        ),
+        slots,
+        node,
+    )
     print(f"ichseg service on http://{args.host}:{args.port}/ (viewer at /, API at /v1, docs at /docs)", flush=True)
     try:
         uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")

@@ -4,7 +4,8 @@ the time each took (p50/p95), measured here rather than asserted in a test.
 ``python -m ichseg.experiments.service_load --studies 20 --uploads 50`` starts a DICOM node
 and the REST service on loopback in this process, a pynetdicom "PACS" for the answers,
 pushes ``--studies`` small synthetic DICOM series to the node concurrently and makes
-``--uploads`` concurrent uploads to the REST service, then prints per-study latencies.
+``--uploads`` concurrent uploads to the REST service (one worker serves both, as ``ichseg
+serve --dicom-port`` runs them), then prints per-study latencies.
 The studies are synthetic (``ichseg.data.synthetic``) so the run needs no dataset; the
 figures describe the services' overhead and queueing, not the model's accuracy.
 """
@@ -171,12 +172,11 @@ def run(studies: int, uploads: int, work: Path) -> dict[str, Any]:
         slots,
     )
     token = "load-test-token"
-    service = Service(
-        ServiceConfig(store=work / "rest", token=token, max_active_jobs=max(uploads, 1) + 1, head_check=False), slots
-    )
+    config = ServiceConfig(store=work / "rest", token=token, max_active_jobs=max(uploads, 1) + 1, head_check=False)
+    service = Service(config, slots, node)  # one worker serves both doors, as `ichseg serve --dicom-port`
     server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=http_port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
-    node.start()
+    node.start(worker=False)
     thread.start()
     while not server.started:
         time.sleep(0.05)

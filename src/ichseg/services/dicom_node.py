@@ -141,8 +141,9 @@ class DicomNode:
         self.queue.add_instance(sop, study, series, path, calling)
         return SUCCESS
 
-    def start(self) -> None:
-        """Serve on (host, port) in background threads and start the worker."""
+    def start(self, *, worker: bool = True) -> None:
+        """Serve on (host, port) in background threads and, unless ``worker`` is False (some
+        other loop calls :meth:`step`), start the worker."""
         from pynetdicom import evt
 
         recovered = self.queue.recover()
@@ -151,8 +152,9 @@ class DicomNode:
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
         self._server = self._ae().start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
         self._stop.clear()
-        self._worker = threading.Thread(target=self._work, name="ichseg-node-worker", daemon=True)
-        self._worker.start()
+        if worker:
+            self._worker = threading.Thread(target=self._work, name="ichseg-node-worker", daemon=True)
+            self._worker.start()
         log.info("DICOM node %s listening on %s:%d", self.config.ae_title, self.config.host, self.config.port)
 
     def stop(self) -> None:
@@ -168,19 +170,26 @@ class DicomNode:
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            self.queue.promote_stable(self.config.stable_s)
-            job = self.queue.claim()
-            if job is None:
+            if not self.step():
                 self._stop.wait(self.config.poll_s)
-                continue
-            try:
-                out = self.process(job)
-            except Exception as exc:  # the job fails, the node does not
-                log.exception("series %s failed", job.series_uid)
-                self.queue.fail(job.series_uid, f"{type(exc).__name__}: {exc}")
-                continue
-            self.queue.finish(job.series_uid, out)
-            self.processed.append(job.series_uid)
+
+    def step(self) -> bool:
+        """Queue the series that became stable and process the oldest queued one; False when
+        there was nothing to do. The node's own worker calls this in a loop; ``ichseg serve
+        --dicom-port`` calls it from the one worker that also runs the REST jobs."""
+        self.queue.promote_stable(self.config.stable_s)
+        job = self.queue.claim()
+        if job is None:
+            return False
+        try:
+            out = self.process(job)
+        except Exception as exc:  # the job fails, the node does not
+            log.exception("series %s failed", job.series_uid)
+            self.queue.fail(job.series_uid, f"{type(exc).__name__}: {exc}")
+            return True
+        self.queue.finish(job.series_uid, out)
+        self.processed.append(job.series_uid)
+        return True
 
     def _load_bundle(self):
         if self._bundle is None:

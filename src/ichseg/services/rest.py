@@ -60,7 +60,7 @@ class ServiceConfig:
 class Service:
     """The state behind the app: the job store, the bundle (loaded once) and the worker."""
 
-    def __init__(self, config: ServiceConfig, slots: PredictionSlots | None = None) -> None:
+    def __init__(self, config: ServiceConfig, slots: PredictionSlots | None = None, node=None) -> None:
         if not config.no_auth and not config.token:
             raise ValueError("the service needs a token (--token-file or ICHSEG_API_TOKEN), or --no-auth on loopback")
         if config.no_auth and config.host not in LOOPBACK:
@@ -68,6 +68,7 @@ class Service:
         self.config = config
         self.jobs = JobStore(config.store)
         self.slots = slots or PredictionSlots(1)
+        self.node = node  # a DicomNode whose queue this service's worker also serves (one worker, one queue order)
         self._bundle = None
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -98,11 +99,15 @@ class Service:
 
     def _work(self) -> None:
         while not self._stop.is_set():
+            busy = False
             job = self.jobs.claim()
-            if job is None:
+            if job is not None:
+                run_job(self.jobs, job, self._predict)
+                busy = True
+            if self.node is not None and self.node.step():  # the DICOM node's series take turns with uploads
+                busy = True
+            if not busy:
                 self._stop.wait(self.config.poll_s)
-                continue
-            run_job(self.jobs, job, self._predict)
 
     def authorised(self, header: str | None) -> bool:
         if self.config.no_auth:
