@@ -57,9 +57,31 @@ def train_fold(
     else:
         inner = {"train": outer["train"], "val": []}
     work = work_root / name / f"fold{fold}"
+    kw = {"skip_bad": skip_bad, "progress": progress, "expected_size_px": expected_size_px, "max_steps": max_steps}
+    prep = train_split(data_dir, work_root, work, config, inner, hint="use another --name or --out", **kw)
+    return prep, outer
+
+
+def train_split(
+    data_dir: Path,
+    work_root: Path,
+    work: Path,
+    config: RunConfig,
+    split: dict[str, list[str]],
+    *,
+    hint: str,
+    skip_bad: bool = False,
+    progress: bool = True,
+    expected_size_px: int | None = 650,
+    max_steps: int | None = None,
+) -> Prepared:
+    """Train (or resume) ``config``'s stages on ``split`` in ``work``, with the caches of
+    ``work_root/cache``; a ``work`` started with another configuration is an error (``hint``
+    says what to do) rather than a silent mix of two runs. A fold and the all-patient network
+    of :mod:`.single` both train through here."""
     saved = work / "config.json"
     if saved.exists() and training_part(from_dict(RunConfig, load_json(saved))) != training_part(config):
-        raise ValueError(f"{saved}: this fold was started with another configuration (use another --name or --out)")
+        raise ValueError(f"{saved}: this run was started with another configuration ({hint})")
     prep = prepare(
         data_dir,
         work,
@@ -67,12 +89,12 @@ def train_fold(
         skip_bad=skip_bad,
         progress=progress,
         expected_size_px=expected_size_px,
-        split=inner,
-        cache_root=work_root / "cache",
+        split=split,
+        cache_root=Path(work_root) / "cache",
     )
     for which in config.stages:
         train_stage(prep, which, resume=True, progress=progress, max_steps=max_steps)
-    return prep, outer
+    return prep
 
 
 def training_part(config: RunConfig) -> dict[str, Any]:

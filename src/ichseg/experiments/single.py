@@ -19,11 +19,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ichseg.config import RunConfig, from_dict, load_json
+from ichseg.config import RunConfig, from_dict
 from ichseg.credits import DATASET_CREDIT
 from ichseg.experiments.assemble import chosen_pipeline, commit, write_bundle_json
 from ichseg.experiments.ensemble import summarize_members
-from ichseg.experiments.folds import load_member_folds, training_part
+from ichseg.experiments.folds import load_member_folds, train_split
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def release_single(
 
     The patients must be the ones the folds held out between them: a point chosen on other
     patients' out-of-fold rows would not describe this network."""
-    from ichseg.experiments.workflow import index_stage, prepare, train_stage, training_summary
+    from ichseg.experiments.workflow import index_stage, training_summary
     from ichseg.models.weights import load_model, save_model
 
     folds = load_member_folds(cfg_dir)
@@ -69,21 +69,8 @@ def release_single(
     if len(folds) == folds[0]["folds"] and everyone != held_out:
         raise ValueError(f"{data_dir}: its patients are not the ones {cfg_dir}'s folds held out")
     work = single_dir(work_root, name)
-    saved = work / "config.json"
-    if saved.exists() and training_part(from_dict(RunConfig, load_json(saved))) != training_part(config):
-        raise ValueError(f"{saved}: started with another configuration (use another --cv-work)")
-    prep = prepare(
-        data_dir,
-        work,
-        config,
-        skip_bad=skip_bad,
-        progress=progress,
-        expected_size_px=expected_size_px,
-        split={"train": everyone, "val": []},
-        cache_root=work_root / "cache",
-    )
-    for which in config.stages:
-        train_stage(prep, which, resume=True, progress=progress, max_steps=max_steps)
+    kw = {"skip_bad": skip_bad, "progress": progress, "expected_size_px": expected_size_px, "max_steps": max_steps}
+    prep = train_split(data_dir, work_root, work, config, {"train": everyone, "val": []}, hint="use another --cv-work", **kw)
     model, ucfg, meta = load_model(work / "train" / "unet" / "last")
     summary = summarize_members(cfg_dir, policy)
     out_dir = Path(out_dir)
