@@ -55,9 +55,11 @@ def predict_batch_ray(
     overlays: bool = True,
     on_result: Callable[[dict[str, Any], int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """As :func:`ichseg.infer.batch.predict_batch`, on Ray. ``address``: None starts a local
-    Ray on this machine, "auto" joins the cluster this machine is part of, HOST:PORT a given
-    head node. Joins (and leaves alone) a Ray already initialised by the caller."""
+    """As :func:`ichseg.infer.batch.predict_batch`, on Ray. ``address``: None starts a new local
+    Ray on this machine (Ray's ``"local"``: left to itself, Ray would join any cluster still
+    running on the machine, and then refuses resource arguments), "auto" joins the cluster this
+    machine is part of, HOST:PORT a given head node. Joins (and leaves alone) a Ray already
+    initialised by the caller."""
     try:
         import ray
     except ImportError as exc:
@@ -72,7 +74,7 @@ def predict_batch_ray(
     if todo:
         started_here = not ray.is_initialized()
         if started_here:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         try:
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False
