@@ -6,14 +6,13 @@ import pytest
 
 from ichseg.evaluate.oof import (
     MASK_THRESHOLDS,
-    choose,
     metrics_at,
     patient_costs,
     px512_to_ml,
     recall_by_group,
-    score,
     screen_threshold,
 )
+from ichseg.evaluate.oof_grid import choose, score
 
 
 def row(pid: str, sl: int, true_px: int, blobs: list[list[int]], head: float = 0.0, maxp: float = 0.0, **flags: int) -> dict:
@@ -119,7 +118,7 @@ def test_outlined_grid_and_the_pipeline_functions_agree() -> None:
     import numpy as np
 
     from ichseg.config import PipelineConfig
-    from ichseg.evaluate.oof import grid, operating_point
+    from ichseg.evaluate.oof_grid import grid, operating_point
     from ichseg.infer.pipeline import masks_from_probs
     from ichseg.infer.postprocess import fuse_verdict, review_flags
 
@@ -163,3 +162,95 @@ def test_a_subtype_is_named_only_where_its_head_was_right_out_of_fold() -> None:
     assert lesion_json(les, {"epidural": 0.9})["subtype"] is None
     named_nowhere = lesion_json(les, {})
     assert named_nowhere["subtype"] is None and named_nowhere["subtype_uncalibrated"] == "epidural"
+
+
+def _random_rows(seed: int, patients: int = 6, slices: int = 12) -> list[dict]:
+    """Out-of-fold rows with random blobs at every stored threshold (fewer, smaller blobs at
+    higher thresholds), random heads, half the patients bleeding."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(patients):
+        for k in range(slices):
+            true_px = int(rng.integers(50, 3000)) if p % 2 == 0 and rng.random() < 0.5 else 0
+            comps = {}
+            blobs = [[int(a), int(rng.integers(0, a + 1)) if true_px else 0] for a in rng.integers(5, 900, rng.integers(0, 5))]
+            for t in MASK_THRESHOLDS:
+                blobs = [[max(5, int(a * 0.8)), min(int(a * 0.8), o)] for a, o in blobs if rng.random() < 0.85]
+                comps[str(t)] = blobs
+            rows.append(
+                {
+                    "patient_id": f"{p:03d}",
+                    "slice": k,
+                    "hemorrhage": int(true_px > 0),
+                    "true_area_px_512": true_px,
+                    "max_probability": 0.5,
+                    "heads": {"hemorrhage": float(rng.random() ** 2)},
+                    "flags": {},
+                    "components": comps,
+                    "components_no_intracranial": comps,
+                }
+            )
+    return rows
+
+
+@pytest.mark.parametrize("rule", ["fused", "outlined"])
+def test_the_fast_grid_gives_exactly_the_reference_metrics(rule: str) -> None:
+    """The grid's table lookups (OutcomeTable) against metrics_at's loop over every blob,
+    at points with and without the head's veto and the head-flagged lower threshold."""
+    from ichseg.evaluate.oof import point_rule
+    from ichseg.evaluate.oof_grid import grid
+
+    rows = _random_rows(3)
+    points = grid(rows, rule=rule, veto=True)
+    assert any(p["head_veto_below"] is not None for p in points)
+    for p in points[::23]:
+        ref = metrics_at(rows, *point_rule(p))
+        assert {k: p[k] for k in ref} == ref, p
+
+
+def test_the_head_vetoes_small_blobs_on_slices_it_doubts() -> None:
+    """A 40-px speck on a normal slice whose head is 0.05 goes with a veto (0.1, 80 px); the
+    same-size true blob on a slice the head flags stays; a 300-px blob stays whatever the head."""
+    import numpy as np
+
+    from ichseg.config import PipelineConfig
+    from ichseg.evaluate.oof import point_rule
+    from ichseg.evaluate.oof_grid import operating_point
+    from ichseg.infer.pipeline import masks_from_probs
+
+    rows = [
+        row("p1", 1, 60, [[40, 35]], head=0.6),
+        row("p1", 2, 400, [[300, 280]], head=0.02),
+        row("p2", 1, 0, [[40, 0]], head=0.05),
+    ]
+    plain = metrics_at(rows, 0.5, 5, None, True, "outlined")
+    assert (plain["slice"]["tp"], plain["slice"]["fp"], plain["scan"]["specificity"]) == (2, 1, 0.0)
+    vetoed = metrics_at(rows, 0.5, 5, None, True, "outlined", None, 0.1, 80)
+    assert (vetoed["slice"]["tp"], vetoed["slice"]["fp"], vetoed["scan"]["specificity"]) == (2, 0, 1.0)
+    assert vetoed["pixel"]["pixels_predicted"] == 340
+    point = {"mask_threshold": 0.5, "min_area_px": 5, "head_threshold": None, "verdict_rule": "outlined",
+             "head_mask_threshold": None, "head_veto_below": 0.1, "head_veto_min_area_px": 80}  # fmt: skip
+    assert metrics_at(rows, *point_rule(point)) == vetoed
+    # the same rule on probability maps (area_scale 1: these maps are at 512 px)
+    cfg = operating_point(point, PipelineConfig(speck_removal="component"))
+    assert (cfg.head_veto_below, cfg.head_veto_min_area_px) == (0.1, 80)
+    probs = np.zeros((3, 64, 64), np.float32)
+    probs[0, :5, :8] = probs[2, :5, :8] = 0.9  # 40 px
+    probs[1, 20:40, 20:35] = 0.9  # 300 px
+    masks = masks_from_probs(probs, cfg, head=np.array([0.6, 0.02, 0.05]))
+    assert masks.reshape(3, -1).sum(1).tolist() == [40, 300, 0]
+    assert masks_from_probs(probs, cfg).reshape(3, -1).sum(1).tolist() == [40, 300, 40]  # no head, no veto
+
+
+def test_the_specificity_policy_pays_for_false_alarms_on_normal_patients() -> None:
+    def pt(tp: int, fp: int, fn: int, dice: float, spec: float) -> dict:
+        return {"slice": {"tp": tp, "fp": fp, "fn": fn}, "pixel": {"dice_global": dice},
+                "scan": {"sensitivity": 1.0, "specificity": spec}}  # fmt: skip
+
+    loud = pt(9, 4, 1, 0.6, 0.4)  # one more slice found, 60 % of normals called bleeding
+    quiet = pt(8, 1, 2, 0.6, 0.8)
+    assert choose([loud, quiet], "scan_safe_f2_dice") is loud
+    assert choose([loud, quiet], "scan_safe_f2_dice_spec") is quiet
+    assert score(quiet, "scan_safe_f2_dice_spec") == pytest.approx(score(quiet, "scan_safe_f2_dice") + 0.8)

@@ -40,8 +40,9 @@ def _predict(cohort: Path, out: Path, *extra: str) -> int:
 def test_ray_engine_matches_the_local_pool_and_resumes(cohort: Path, tmp_path: Path, monkeypatch) -> None:
     assert _predict(cohort, tmp_path / "local") == 1  # one failed study: exit status 1, the rest done
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    # "local": a new Ray of our own even if one is still running on this machine (CI once had one)
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)  # logical CPUs: 2 actors and the data tasks
+    # "local": a new Ray of our own even if one is still running on this machine (CI once had one);
+    # 4 logical CPUs: 2 actors and the data tasks
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         assert _predict(cohort, tmp_path / "ray", "--engine", "ray", "--actors", "2") == 1
         studies = sorted(p.name for p in cohort.iterdir())

@@ -154,6 +154,12 @@ class PipelineConfig:
     # flagged slice that still has no blob is reported for review, not as positive.
     verdict_rule: str = "fused"
     head_mask_threshold: float | None = None
+    # The head's veto on small blobs: on slices whose hemorrhage head is below
+    # head_veto_below, a blob needs at least head_veto_min_area_px (px at 512×512) to stay
+    # (None: no veto). Most false alarms on normal heads are small blobs on slices the head
+    # doubts, while small true bleeds mostly sit on slices it flags (ichseg.evaluate.oof_grid).
+    head_veto_below: float | None = None
+    head_veto_min_area_px: int | None = None
     # fold ensembles: the first member screens every slice and the others join only where
     # it sees blood probability or a hemorrhage head of at least this (None: all members on
     # every slice). Elsewhere the first member's output stands for the ensemble's: a slice

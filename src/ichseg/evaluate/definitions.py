@@ -40,6 +40,11 @@ def definitions(cfg: PipelineConfig, *, two_stage: bool, members: int = 1) -> di
         thr = f"probability >= {cfg.mask_threshold:g}"
         if cfg.verdict_rule == "outlined" and cfg.head_threshold is not None and cfg.head_mask_threshold is not None:
             thr += f" (>= {cfg.head_mask_threshold:g} on slices whose hemorrhage head is >= {cfg.head_threshold:g})"
+        if cfg.head_veto_below is not None and cfg.head_veto_min_area_px is not None:
+            area += (
+                f", and >= {cfg.head_veto_min_area_px} px on slices whose hemorrhage head is < {cfg.head_veto_below:g} "
+                "(the head's veto on small blobs)"
+            )
         mask = f"the mask of {net} on every slice ({thr}{inside}) {area}"
         if cfg.verdict_rule == "fused" and cfg.head_threshold is not None:
             pipe = f"{mask}, OR its hemorrhage head >= {cfg.head_threshold:g} (verdict rule 'fused')"

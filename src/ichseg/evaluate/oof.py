@@ -4,9 +4,10 @@ Each fold's member predicts the patients it never saw; per slice we keep what an
 operating point needs afterwards, without the probability maps: the slice heads'
 probabilities, the true blood area, and at every mask threshold the [area, overlap]
 of each connected blob (inside the intracranial mask, and without it for the ablation).
-The operating point (mask threshold, minimum blob area, head threshold) is then chosen on
-the pooled out-of-fold slices of all patients (nnU-Net's way), and every fold is scored at
-that one point, so the cross-validated figures describe the one rule that ships.
+The operating point (mask threshold, minimum blob area, head threshold, the head's veto) is
+then chosen on the pooled out-of-fold slices of all patients (nnU-Net's way;
+:mod:`ichseg.evaluate.oof_grid`), and every fold is scored at that one point, so the
+cross-validated figures describe the one rule that ships.
 
 Empty-ground-truth policy: as in :mod:`ichseg.evaluate.metrics`; global Dice and IoU sum
 pixels over all slices (a normal slice adds only its false-positive pixels), ratios with a
@@ -15,26 +16,21 @@ zero denominator are None.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ichseg.config import PipelineConfig, PreprocessConfig, UNetConfig
+from ichseg.config import PreprocessConfig, UNetConfig
 from ichseg.data.cache import SliceCache
 from ichseg.data.ctich import SliceRecord
 from ichseg.data.normalize import intracranial_masks, normalize_for
 from ichseg.evaluate.metrics import scan_metrics, slice_metrics
 from ichseg.infer.pipeline import segment_with_heads
-from ichseg.infer.postprocess import component_table, fuse_verdict, mask_thresholds, resize_mask_nearest
+from ichseg.infer.postprocess import component_table, fuse_verdict, mask_thresholds, min_areas_px, resize_mask_nearest
 
 MASK_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-MIN_AREAS_PX_512 = (5, 10, 20, 40, 80, 160, 320)
-HEAD_THRESHOLDS: tuple[float | None, ...] = (None, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
-POLICIES = ("scan_safe_f2_dice", "scan_safe_f1_dice", "f2_dice", "f1_dice")
-DEFAULT_POLICY = "scan_safe_f2_dice"
 
 Perturbation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -128,17 +124,22 @@ def slice_outcomes(
     intracranial: bool = True,
     rule: str = "fused",
     head_mask_threshold: float | None = None,
+    head_veto_below: float | None = None,
+    head_veto_min_area_px: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Per slice at one operating point: verdict, kept area and overlap (px at 512×512).
-    ``rule`` and ``head_mask_threshold`` as in :class:`ichseg.config.PipelineConfig`
-    ("outlined": only a kept blob calls a slice; the head lowers the mask threshold to
-    ``head_mask_threshold`` on the slices it flags)."""
+    ``rule``, ``head_mask_threshold`` and the head's veto as in
+    :class:`ichseg.config.PipelineConfig` ("outlined": only a kept blob calls a slice; the
+    head lowers the mask threshold to ``head_mask_threshold`` on the slices it flags; on
+    slices whose head is below ``head_veto_below`` a blob needs ``head_veto_min_area_px``).
+    This is the reference the fast grid (:mod:`ichseg.evaluate.oof_grid`) is tested against."""
     key = "components" if intracranial else "components_no_intracranial"
     head = np.array([r["heads"].get("hemorrhage", 0.0) for r in rows]) if rows and rows[0]["heads"] else None
     t = mask_thresholds(head, len(rows), mask_threshold, head_threshold, head_mask_threshold, rule)
+    min_area = min_areas_px(head, len(rows), min_area_px, head_veto_below, head_veto_min_area_px)
     comps = [r[key][str(float(tk))] for r, tk in zip(rows, t, strict=True)]
-    area = np.array([sum(c[0] for c in cs if c[0] >= min_area_px) for cs in comps], np.int64)
-    inter = np.array([sum(c[1] for c in cs if c[0] >= min_area_px) for cs in comps], np.int64)
+    area = np.array([sum(c[0] for c in cs if c[0] >= m) for cs, m in zip(comps, min_area, strict=True)], np.int64)
+    inter = np.array([sum(c[1] for c in cs if c[0] >= m) for cs, m in zip(comps, min_area, strict=True)], np.int64)
     verdict = fuse_verdict(area, head, head_threshold, rule)
     return {"verdict": verdict, "area": area, "inter": inter}
 
@@ -151,22 +152,40 @@ def metrics_at(
     intracranial: bool = True,
     rule: str = "fused",
     head_mask_threshold: float | None = None,
+    head_veto_below: float | None = None,
+    head_veto_min_area_px: int | None = None,
 ) -> dict[str, Any]:
     """Slice, scan and pixel metrics of ``rows`` at one operating point, plus the false-
     positive pixels per normal patient (the stress test's count)."""
-    o = slice_outcomes(rows, mask_threshold, min_area_px, head_threshold, intracranial, rule, head_mask_threshold)
+    o = slice_outcomes(
+        rows,
+        mask_threshold,
+        min_area_px,
+        head_threshold,
+        intracranial,
+        rule,
+        head_mask_threshold,
+        head_veto_below,
+        head_veto_min_area_px,
+    )
     truth = np.array([bool(r["hemorrhage"]) for r in rows])
     true_area = np.array([r["true_area_px_512"] for r in rows], np.int64)
-    pids = [r["patient_id"] for r in rows]
+    return outcome_metrics([r["patient_id"] for r in rows], truth, true_area, o)
+
+
+def outcome_metrics(
+    patient_ids: Sequence[str], truth: np.ndarray, true_area: np.ndarray, o: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """The metrics of :func:`metrics_at` from per-slice outcomes (verdict, area, inter)."""
     inter, pred, true = int(o["inter"].sum()), int(o["area"].sum()), int(true_area.sum())
-    names, code = np.unique(np.array(pids, dtype=str), return_inverse=True)
+    names, code = np.unique(np.array(patient_ids, dtype=str), return_inverse=True)
     bleeding = np.bincount(code, weights=truth, minlength=len(names)) > 0
     area_by_patient = np.bincount(code, weights=o["area"], minlength=len(names))
     normal = names[~bleeding].tolist()
     fp_normal = area_by_patient[~bleeding]
     return {
         "slice": slice_metrics(o["verdict"], truth),
-        "scan": scan_metrics(pids, o["verdict"], truth),
+        "scan": scan_metrics(patient_ids, o["verdict"], truth),
         "pixel": {
             "dice_global": 2 * inter / (pred + true) if pred + true else None,
             "iou_global": inter / (pred + true - inter) if pred + true - inter else None,
@@ -179,9 +198,13 @@ def metrics_at(
     }
 
 
-def point_rule(point: dict[str, Any]) -> tuple[float, int, float | None, bool, str, float | None]:
+def point_rule(
+    point: dict[str, Any],
+) -> tuple[float, int, float | None, bool, str, float | None, float | None, int | None]:
     """The positional arguments of :func:`metrics_at` for a grid point or a stored
-    operating point (points made before the "outlined" rule existed are "fused")."""
+    operating point (points made before the "outlined" rule existed are "fused", before the
+    head's veto, without it)."""
+    veto_area = point.get("head_veto_min_area_px")
     return (
         float(point["mask_threshold"]),
         int(point["min_area_px"]),
@@ -189,63 +212,8 @@ def point_rule(point: dict[str, Any]) -> tuple[float, int, float | None, bool, s
         True,
         point.get("verdict_rule", "fused"),
         point.get("head_mask_threshold"),
-    )
-
-
-def _f_beta(s: dict[str, Any], beta: float) -> float:
-    tp, fp, fn = s["tp"], s["fp"], s["fn"]
-    b2 = beta * beta
-    den = (1 + b2) * tp + b2 * fn + fp
-    return (1 + b2) * tp / den if den and tp else 0.0
-
-
-def grid(rows: Sequence[dict[str, Any]], intracranial: bool = True, rule: str = "fused") -> list[dict[str, Any]]:
-    """Metrics at every point of the grid: (mask threshold, min area, head threshold) and,
-    for the "outlined" rule, every lower mask threshold on the slices the head flags."""
-    out = []
-    for t, a, h in itertools.product(MASK_THRESHOLDS, MIN_AREAS_PX_512, HEAD_THRESHOLDS):
-        lows: tuple[float | None, ...] = (None,)
-        if rule == "outlined" and h is not None:
-            lows = tuple(x for x in MASK_THRESHOLDS if x <= t)
-        for low in lows:
-            m = metrics_at(rows, t, a, h, intracranial, rule, low)
-            point = {"mask_threshold": t, "min_area_px": a, "head_threshold": h}
-            if rule == "outlined":
-                point |= {"verdict_rule": rule, "head_mask_threshold": low}
-            out.append({**point, **m})
-    return out
-
-
-def score(point: dict[str, Any], policy: str) -> float:
-    """How a policy ranks one grid point. ``f2_dice``/``f1_dice``: F-beta of the slice
-    verdicts plus global Dice; ``scan_safe_*``: the same among points that miss no bleeding
-    patient (scan sensitivity 1), every other point ranks below them."""
-    beta = 2.0 if "f2" in policy else 1.0
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r} ({', '.join(POLICIES)})")
-    value = _f_beta(point["slice"], beta) + (point["pixel"]["dice_global"] or 0.0)
-    if policy.startswith("scan_safe") and (point["scan"]["sensitivity"] or 0.0) < 1.0:
-        value -= 10.0
-    return value
-
-
-def choose(points: list[dict[str, Any]], policy: str = DEFAULT_POLICY) -> dict[str, Any]:
-    """The grid point a policy picks; ties go to the first (lower thresholds, smaller areas)."""
-    return max(points, key=lambda p: score(p, policy))
-
-
-def operating_point(point: dict[str, Any], base: PipelineConfig) -> PipelineConfig:
-    """``base`` with a chosen grid point's thresholds and verdict rule."""
-    import dataclasses
-
-    low = point.get("head_mask_threshold")
-    return dataclasses.replace(
-        base,
-        mask_threshold=float(point["mask_threshold"]),
-        min_area_px=int(point["min_area_px"]),
-        head_threshold=None if point["head_threshold"] is None else float(point["head_threshold"]),
-        verdict_rule=point.get("verdict_rule", "fused"),
-        head_mask_threshold=None if low is None else float(low),
+        point.get("head_veto_below"),
+        None if veto_area is None else int(veto_area),
     )
 
 
@@ -271,8 +239,8 @@ def screen_threshold(rows: Sequence[dict[str, Any]], sensitivity: float = 0.995)
 
 def bootstrap_rows(rows: Sequence[dict[str, Any]], point: dict[str, Any], intracranial: bool = True) -> list[dict[str, Any]]:
     """Per-slice rows in the form :func:`ichseg.evaluate.bootstrap.bootstrap_ci` reads."""
-    t, a, h, _, rule, low = point_rule(point)
-    o = slice_outcomes(rows, t, a, h, intracranial, rule, low)
+    t, a, h, _, *rest = point_rule(point)
+    o = slice_outcomes(rows, t, a, h, intracranial, *rest)
     return [
         {
             "patient_id": r["patient_id"],

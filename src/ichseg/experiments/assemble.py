@@ -126,6 +126,8 @@ def chosen_pipeline(config: RunConfig, summary: dict[str, Any], *, screening: bo
         head_threshold=op["head_threshold"],
         verdict_rule=op["verdict_rule"],
         head_mask_threshold=op["head_mask_threshold"],
+        head_veto_below=op.get("head_veto_below"),
+        head_veto_min_area_px=op.get("head_veto_min_area_px"),
         screen_threshold=op["screen_threshold"] if screening else None,
         gate_sensitivity=None,
         tune_operating_point=False,

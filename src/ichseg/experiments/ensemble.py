@@ -87,7 +87,7 @@ def run_member_fold(
     return out
 
 
-def summarize_members(cfg_dir: Path, policy: str | None = None, rule: str = "outlined") -> dict[str, Any]:
+def summarize_members(cfg_dir: Path, policy: str | None = None, rule: str = "outlined", veto: bool = True) -> dict[str, Any]:
     """The cross-validated result of an ensemble configuration (see the module docstring).
 
     Returns the chosen point, per-fold metrics at it with mean ± sd, the pooled metrics
@@ -97,11 +97,7 @@ def summarize_members(cfg_dir: Path, policy: str | None = None, rule: str = "out
 
     from ichseg.evaluate.bootstrap import bootstrap_ci
     from ichseg.evaluate.oof import (
-        DEFAULT_POLICY,
-        POLICIES,
         bootstrap_rows,
-        choose,
-        grid,
         metrics_at,
         patient_costs,
         point_rule,
@@ -109,16 +105,18 @@ def summarize_members(cfg_dir: Path, policy: str | None = None, rule: str = "out
         screen_threshold,
         subtype_thresholds,
     )
+    from ichseg.evaluate.oof_grid import DEFAULT_POLICY, POLICIES, choose, grid
 
     policy = policy or DEFAULT_POLICY
     folds = load_member_folds(cfg_dir)
     if not folds:
         raise FileNotFoundError(f"{cfg_dir}: no fold*.json")
     pooled = [r for f in folds for r in f["rows"]]
-    points = grid(pooled, rule=rule)
+    points = grid(pooled, rule=rule, veto=veto)
     best = choose(points, policy)
     at = point_rule(best)
     t, a, h = at[:3]
+    no_veto = choose([p for p in points if p.get("head_veto_below") is None], policy) if veto else best
     fused = choose(grid(pooled, rule="fused"), policy) if rule != "fused" else best
 
     def per_fold(fn) -> dict[str, Any]:
@@ -131,13 +129,23 @@ def summarize_members(cfg_dir: Path, policy: str | None = None, rule: str = "out
         "mask only (no head)": per_fold(lambda rows: metrics_at(rows, t, a, None)),
         "untuned point (0.5, 20 px, mask only)": per_fold(lambda rows: metrics_at(rows, 0.5, 20, None)),
     }
+    if veto and best.get("head_veto_below") is not None:  # the same policy without the head's veto
+        name_no_veto = f"no head veto {tuple(point_rule(no_veto)[:3])}"
+        ablations[name_no_veto] = per_fold(lambda rows: metrics_at(rows, *point_rule(no_veto)))
     if rule != "fused":  # the older rule, at its own best point: a head alone may call a slice
         ablations[f"fused verdict {tuple(point_rule(fused)[:3])}"] = per_fold(lambda rows: metrics_at(rows, *point_rule(fused)))
     policies = {}
     for pol in POLICIES:
         p = choose(points, pol)
         policies[pol] = {
-            "point": [p["mask_threshold"], p["min_area_px"], p["head_threshold"], p.get("head_mask_threshold")],
+            "point": [
+                p["mask_threshold"],
+                p["min_area_px"],
+                p["head_threshold"],
+                p.get("head_mask_threshold"),
+                p.get("head_veto_below"),
+                p.get("head_veto_min_area_px"),
+            ],
             "pooled": fold_values(p),
             "fp_px_per_normal_patient": p["fp_px_per_normal_patient"],
         }
@@ -153,6 +161,8 @@ def summarize_members(cfg_dir: Path, policy: str | None = None, rule: str = "out
             "head_threshold": h,
             "verdict_rule": at[4],
             "head_mask_threshold": at[5],
+            "head_veto_below": at[6],
+            "head_veto_min_area_px": at[7],
             "screen_threshold": screen_threshold(pooled),
         },
         "pooled": {k: best[k] for k in ("slice", "scan", "pixel", "fp_px_per_normal_patient", "normal_patients")},
@@ -189,6 +199,12 @@ def _pooled_auc(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
+def _veto_text(op: dict[str, Any]) -> str:
+    if op.get("head_veto_below") is None:
+        return "none"
+    return f"blobs under {op['head_veto_min_area_px']} px need a head of at least {op['head_veto_below']}"
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """The tables of one ensemble configuration for RESULTS.md."""
 
@@ -198,7 +214,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"Operating point chosen on the pooled out-of-fold slices ({summary['slices']} slices, {summary['patients']} "
         f"patients) by policy `{summary['policy']}`: mask threshold {op['mask_threshold']}, minimum blob "
         f"{op['min_area_px']} px at 512×512, head threshold {op['head_threshold']}, verdict rule "
-        f"`{op.get('verdict_rule', 'fused')}` (mask threshold {op.get('head_mask_threshold')} on slices the head flags); "
+        f"`{op.get('verdict_rule', 'fused')}` (mask threshold {op.get('head_mask_threshold')} on slices the head flags), "
+        f"head's veto {_veto_text(op)}; "
         "screening threshold "
         f"{op['screen_threshold']} (the highest that sends ≥ 99.5% of out-of-fold slices with blood to the whole ensemble; "
         "None: no threshold does, every member runs on every slice).",
@@ -248,7 +265,8 @@ def markdown(summary: dict[str, Any]) -> str:
                 lines.append(f"| {g} | {v['slices']} | {v['patients']} | {v['found']} | {v['recall']:.3f} | {d} |")
     lines += [
         "",
-        "| policy | point (threshold, min px, head, head-flagged threshold) | pooled recall | precision | Dice | IoU | "
+        "| policy | point (threshold, min px, head, head-flagged threshold, veto head, veto px) | pooled recall | "
+        "precision | Dice | IoU | "
         "scan sens. | scan spec. |",
     ]
     lines.append("|" + "---|" * 8)

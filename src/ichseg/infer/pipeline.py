@@ -27,7 +27,7 @@ from ichseg.config import (
     load_json,
     load_model_config,
 )
-from ichseg.infer.postprocess import keep_components, mask_thresholds
+from ichseg.infer.postprocess import keep_components, mask_thresholds, min_areas_px
 from ichseg.infer.runtimes import GRAPH_RUNTIMES, Network, TorchNetwork, as_network, onnx_is_current, runtime_available
 
 log = logging.getLogger(__name__)
@@ -308,21 +308,26 @@ def masks_from_probs(
     ``speck_removal="slice"``, each connected blob with "component". With
     ``config.intracranial`` and ``inside`` (N, H, W) bool, nothing outside it is kept.
     ``head`` (N,): the hemorrhage head, which under ``verdict_rule="outlined"`` lowers the
-    threshold of the slices it flags (:func:`ichseg.infer.postprocess.mask_thresholds`)."""
+    threshold of the slices it flags (:func:`ichseg.infer.postprocess.mask_thresholds`) and,
+    with the head's veto, raises the minimum blob area of the slices it doubts
+    (:func:`ichseg.infer.postprocess.min_areas_px`)."""
     t = mask_thresholds(
         head, len(probs), config.mask_threshold, config.head_threshold, config.head_mask_threshold, config.verdict_rule
     )
     masks = probs >= t[:, None, None].astype(probs.dtype)
     if config.intracranial and inside is not None:
         masks &= inside
+    min_area = area_scale * min_areas_px(
+        head, len(probs), config.min_area_px, config.head_veto_below, config.head_veto_min_area_px
+    )
     if config.speck_removal == "component":
         for k in range(len(masks)):
-            masks[k] = keep_components(masks[k], config.min_area_px * area_scale)
+            masks[k] = keep_components(masks[k], min_area[k])
         return masks
     if config.speck_removal != "slice":
         raise ValueError(f"unknown speck_removal {config.speck_removal!r} (slice or component)")
     areas = masks.reshape(len(masks), -1).sum(1)
-    masks[areas < config.min_area_px * area_scale] = False
+    masks[areas < min_area] = False
     return masks
 
 

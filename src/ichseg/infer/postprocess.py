@@ -14,7 +14,10 @@ The rule (``PipelineConfig`` with ``speck_removal="component"``):
    ``verdict_rule="outlined"``: a slice is positive only when something is left, so no
    verdict says "blood" with nothing drawn; the head instead lowers the mask threshold to
    ``head_mask_threshold`` on the slices it flags, and a flagged slice with no blob even
-   then is listed for review (:func:`review_flags`).
+   then is listed for review (:func:`review_flags`);
+4. the head's veto (``head_veto_below``, ``head_veto_min_area_px``): on slices the head
+   doubts, a blob must be larger to stay (:func:`min_areas_px`), which removes most
+   false alarms on normal heads, the small specks on slices with a low head.
 """
 
 from __future__ import annotations
@@ -88,6 +91,23 @@ def mask_thresholds(
     out = np.full(n, float(mask_threshold))
     if rule == "outlined" and head_threshold is not None and head_mask_threshold is not None and head_probability is not None:
         out[np.asarray(head_probability) >= head_threshold] = float(head_mask_threshold)
+    return out
+
+
+def min_areas_px(
+    head_probability: np.ndarray | None,
+    n: int,
+    min_area_px: float,
+    veto_below: float | None = None,
+    veto_min_area_px: float | None = None,
+) -> np.ndarray:
+    """(N,) the minimum blob area of each slice (px at 512×512): ``min_area_px``, raised to
+    ``veto_min_area_px`` where the hemorrhage head is below ``veto_below`` (the head's veto
+    on small blobs; no veto without a head or with either value None)."""
+    out = np.full(n, float(min_area_px))
+    if veto_below is not None and veto_min_area_px is not None and head_probability is not None:
+        low = np.asarray(head_probability) < veto_below
+        out[low] = np.maximum(out[low], float(veto_min_area_px))
     return out
 
 

@@ -174,6 +174,8 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
             "head_threshold": cfg.head_threshold,
             "verdict_rule": cfg.verdict_rule,
             "head_mask_threshold": cfg.head_mask_threshold,
+            "head_veto_below": cfg.head_veto_below,
+            "head_veto_min_area_px_at_512": cfg.head_veto_min_area_px,
             "speck_removal": cfg.speck_removal,
             "intracranial": cfg.intracranial,
         },

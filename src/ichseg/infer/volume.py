@@ -220,6 +220,8 @@ def predict_volume(
             "head_threshold": bundle.pipeline.head_threshold,
             "verdict_rule": bundle.pipeline.verdict_rule,
             "head_mask_threshold": bundle.pipeline.head_mask_threshold,
+            "head_veto_below": bundle.pipeline.head_veto_below,
+            "head_veto_min_area_px_at_512": bundle.pipeline.head_veto_min_area_px,
         },
         "preprocessing": {
             "windows": "HU windowed with the estimated CT-ICH brain and bone windows (ichseg.data.windows)",
