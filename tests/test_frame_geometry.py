@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ichseg.infer.volume import FRAME_PX, frame_for, from_frame, model_pixel_mm, to_frame
+from ichseg.data.frame import FRAME_PX, frame_for, from_frame, model_pixel_mm, to_frame
 
 
 def _shapes(shape: tuple[int, int], spacing_mm: tuple[float, float]) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REAL_DATA
-from ichseg.infer.slabs import average_slabs, slab_index, slab_thickness_mm
+from ichseg.data.slabs import average_slabs, slab_index, slab_thickness_mm
 from ichseg.io.volume import Volume, affine_from_dicom
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "ichseg" / "sample" / "ct-ich-049"

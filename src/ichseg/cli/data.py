@@ -32,6 +32,13 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from ichseg.data.convert import convert_patient_detailed, summary_lines
 
+    if args.to == "nnunet":
+        from ichseg.data.export_nnunet import export_nnunet
+
+        patients = args.patients.split(",") if args.patients else None
+        body = export_nnunet(Path(args.patient), Path(args.out), patients)
+        print(f"{body['numTraining']} patients -> {Path(args.out)} (imagesTr/, labelsTr/, dataset.json; nnU-Net v2 layout)")
+        return 0
     result = convert_patient_detailed(Path(args.patient), args.to, Path(args.out))
     print("\n".join(summary_lines(result)))
     return 0
@@ -46,10 +53,17 @@ def register(sub) -> None:
 
     s = sub.add_parser(
         "convert",
-        help="a CT-ICH patient folder (brain and bone JPGs) as a synthetic DICOM series or NIfTI volume in HU",
+        help="a CT-ICH patient folder (brain and bone JPGs) as a synthetic DICOM series or NIfTI volume in HU, or a "
+        "CT-ICH folder as an nnU-Net dataset",
         allow_abbrev=False,
     )
-    s.add_argument("patient", type=Path, help="Patients_CT/<ID> (brain/ and bone/ JPGs; *_HGE_Seg.jpg masks become mask.nii.gz)")
-    s.add_argument("--to", choices=("dicom", "nifti"), required=True)
+    s.add_argument(
+        "patient",
+        type=Path,
+        help="Patients_CT/<ID> (brain/ and bone/ JPGs; *_HGE_Seg.jpg masks become mask.nii.gz); with --to nnunet the "
+        "CT-ICH folder holding Patients_CT/ and its CSVs",
+    )
+    s.add_argument("--to", choices=("dicom", "nifti", "nnunet"), required=True)
+    s.add_argument("--patients", default=None, help="with --to nnunet: comma-separated patient numbers (default: all)")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=cmd_convert)

@@ -35,7 +35,7 @@ def evaluate_model(
 
     Training time and hardware are added to the report when the bundle sits in a work
     folder made by ``train``/``run`` (``model_dir/../train``)."""
-    from ichseg.data.ctich import build_index
+    from ichseg.data.datasets import index_dataset
     from ichseg.data.splits import load_split, select
     from ichseg.evaluate.report import ensure_caches, evaluate_records, example_figure, write_report
     from ichseg.infer.pipeline import load_bundle
@@ -44,7 +44,7 @@ def evaluate_model(
     if screen_threshold is not None:
         value = None if screen_threshold == "none" else float(screen_threshold)
         bundle = dataclasses.replace(bundle, pipeline=dataclasses.replace(bundle.pipeline, screen_threshold=value))
-    records = build_index(data, skip_bad=skip_bad, expected_size_px=image_size).records
+    records = index_dataset(data, skip_bad=skip_bad, expected_size_px=image_size).records
     cache_root = cache or (out / "cache")
     sp = load_split(split) if split else None
     eval_records = select(records, sp[part]) if sp else records

@@ -45,7 +45,7 @@ def bundle_dir(args: argparse.Namespace) -> Path:
 
 
 def add_common(sp: argparse.ArgumentParser, data_required: bool = True) -> None:
-    sp.add_argument("--data", type=Path, required=data_required, default=None, help="CT-ICH-layout folder (Patients_CT/, CSVs)")
+    sp.add_argument("--data", type=Path, required=data_required, default=None, help="a dataset: CT-ICH JPGs (Patients_CT/, CSVs), an nnU-Net folder (dataset.json, imagesTr/, labelsTr/), CT-ICH NIfTI (ct_scans/, masks/) or a .csv of image,label pairs")
     sp.add_argument("--skip-bad", action="store_true", help="warn about and leave out bad slices instead of stopping")
     sp.add_argument("--image-size", type=int, default=650, help="expected source image size in px (0: any size)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,9 @@ class IndexResult:
     records: list[SliceRecord]
     disagreements: list[Disagreement]
     skipped: list[str]
+    # what the run's dataset.json records: the layout and, for labelled volumes
+    # (ichseg.data.volumes), the label mapping and each case's rendering
+    meta: dict[str, object] = field(default_factory=lambda: {"layout": "ctich-jpg"})
 
 
 def read_diagnosis_csv(path: Path) -> dict[tuple[int, int], dict[str, int]]:

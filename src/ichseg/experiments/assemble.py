@@ -96,10 +96,10 @@ def write_bundle_json(
 
     trained_on: dict[str, Any] = {"patients": patients, "data_checksum": data_checksum}
     if data_dir is not None:
-        from ichseg.data.ctich import build_index
+        from ichseg.data.datasets import index_dataset
         from ichseg.experiments.folds import patient_fingerprints
 
-        records = [r for r in build_index(data_dir, expected_size_px=expected_size_px).records if r.patient_id in patients]
+        records = [r for r in index_dataset(data_dir, expected_size_px=expected_size_px).records if r.patient_id in patients]
         trained_on["patient_fingerprints"] = patient_fingerprints(records)
     body = {
         "pipeline": to_dict(pipeline),

@@ -35,7 +35,7 @@ def stress_fold(
     import json
 
     from ichseg.config import PreprocessConfig, from_dict
-    from ichseg.data.ctich import build_index
+    from ichseg.data.datasets import index_dataset
     from ichseg.data.splits import select
     from ichseg.evaluate.oof import member_rows
     from ichseg.experiments.folds import columns, member_dir
@@ -53,7 +53,7 @@ def stress_fold(
     body = json.loads((Path(cfg_dir) / f"fold{fold}.json").read_text())
     preprocess = from_dict(PreprocessConfig, body["config"]["preprocess"])
     eval_px = int(body["config"]["pipeline"]["eval_size_px"])
-    records = build_index(data_dir, expected_size_px=expected_size_px, skip_bad=skip_bad).records
+    records = index_dataset(data_dir, expected_size_px=expected_size_px, skip_bad=skip_bad).records
     held = select(records, body["val_patients"])
     unet, ucfg, _ = load_model(member_dir(work_root, Path(cfg_dir).name, fold) / "last")
     windows = tuple(ucfg.windows)

@@ -14,7 +14,8 @@ import numpy as np
 
 from ichseg.config import ClassifierConfig, PipelineConfig, RunConfig, UNetConfig, load_json, save_json, to_dict
 from ichseg.data.cache import SliceCache
-from ichseg.data.ctich import IndexResult, SliceRecord, build_index, write_disagreements, write_index
+from ichseg.data.ctich import IndexResult, SliceRecord, write_disagreements, write_index
+from ichseg.data.datasets import index_dataset
 from ichseg.data.normalize import normalize_for
 from ichseg.data.splits import load_split, save_split, select, split_patients
 from ichseg.files import sha256_text
@@ -40,9 +41,11 @@ def git_commit() -> str:
 
 
 def index_stage(data_dir: Path, work_dir: Path, *, skip_bad: bool = False, expected_size_px: int | None = 650) -> IndexResult:
-    """Write ``index.csv`` and ``label_disagreements.csv`` into ``work_dir``."""
-    result = build_index(data_dir, expected_size_px=expected_size_px, skip_bad=skip_bad)
+    """Write ``index.csv``, ``label_disagreements.csv`` and ``dataset.json`` (the layout and,
+    for labelled volumes, the label mapping: :mod:`ichseg.data.volumes`) into ``work_dir``."""
+    result = index_dataset(data_dir, expected_size_px=expected_size_px, skip_bad=skip_bad)
     write_index(result.records, Path(work_dir) / "index.csv")
+    save_json(result.meta, Path(work_dir) / "dataset.json")
     write_disagreements(result.disagreements, Path(work_dir) / "label_disagreements.csv")
     return result
 

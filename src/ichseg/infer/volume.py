@@ -9,7 +9,7 @@ therefore (1) windowed with the estimated CT-ICH window settings
 (:data:`MODEL_PIXEL_MM`) and centred on a 650×650 frame, as CT-ICH's slices are, so a head
 appears at the size the model knows, (3) predicted slice by slice with its neighbours
 (:func:`ichseg.infer.study.predict_windows`), thin series as ~5 mm slabs
-(:mod:`ichseg.infer.slabs`), and (4) the masks are taken back through the same frame (and
+(:mod:`ichseg.data.slabs`), and (4) the masks are taken back through the same frame (and
 slab) onto the original grid.
 """
 
@@ -18,85 +18,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from ichseg.data.frame import frame_for, from_frame, model_pixel_mm, to_frame
+from ichseg.data.slabs import average_slabs, slab_index, slab_thickness_mm
 from ichseg.files import atomic_write_csv, atomic_write_png, atomic_write_text
 from ichseg.infer.clinical import LESION_MERGE_GAP_MM, bundle_subtype_thresholds, lesion_json, study_label, write_report
 from ichseg.infer.pipeline import Bundle
-from ichseg.infer.slabs import average_slabs, slab_index, slab_thickness_mm
 from ichseg.infer.study import StudyPrediction
 from ichseg.io.volume import Volume
 
 log = logging.getLogger(__name__)
-
-FRAME_PX = 650  # CT-ICH slices are 650×650
-
-
-def model_pixel_mm() -> float:
-    """The in-plane pixel size (mm) the model's 650-px frames stand for: the spacing the
-    CT-ICH converter writes (:mod:`ichseg.data.convert`), so that a converted patient comes
-    back on exactly the frame it was trained on."""
-    from ichseg.data.convert import CT_ICH_PIXEL_SPACING_MM
-
-    return float(CT_ICH_PIXEL_SPACING_MM)
-
-
-@dataclass(frozen=True)
-class Frame:
-    """How one slice of shape ``shape`` sits in the model's frame: scaled by ``scale``
-    (rows, columns) to ``scaled`` px, then placed at ``offset`` (may be negative: cropped)."""
-
-    shape: tuple[int, int]
-    scaled: tuple[int, int]
-    offset: tuple[int, int]
-
-
-def frame_for(shape: tuple[int, int], pixel_spacing_mm: tuple[float, float], frame_px: int = FRAME_PX) -> Frame:
-    """The resampling that puts a slice of ``shape`` with ``pixel_spacing_mm`` (rows,
-    columns) at the model's pixel size, centred in a ``frame_px`` square."""
-    target = model_pixel_mm()
-    scaled = (max(1, round(shape[0] * pixel_spacing_mm[0] / target)), max(1, round(shape[1] * pixel_spacing_mm[1] / target)))
-    offset = ((frame_px - scaled[0]) // 2, (frame_px - scaled[1]) // 2)
-    return Frame(tuple(shape), scaled, offset)  # type: ignore[arg-type]
-
-
-def to_frame(image_u8: np.ndarray, frame: Frame, frame_px: int = FRAME_PX) -> np.ndarray:
-    """A slice (H, W) uint8 in the model's frame (zeros, i.e. air, around it)."""
-    shrink = frame.scaled[0] * frame.scaled[1] < image_u8.shape[0] * image_u8.shape[1]
-    img = image_u8
-    if frame.scaled != image_u8.shape:
-        img = cv2.resize(image_u8, frame.scaled[::-1], interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    out = np.zeros((frame_px, frame_px), np.uint8)
-    (oy, ox), (h, w) = frame.offset, frame.scaled
-    ys, xs = max(0, oy), max(0, ox)
-    ye, xe = min(frame_px, oy + h), min(frame_px, ox + w)
-    out[ys:ye, xs:xe] = img[ys - oy : ye - oy, xs - ox : xe - ox]
-    return out
-
-
-def from_frame(mask: np.ndarray, frame: Frame) -> np.ndarray:
-    """A mask in the model's frame back on the slice's own grid.
-
-    Resampled as the fraction of each source pixel that the mask covers (area averaging
-    when the frame is finer, bilinear when it is coarser), kept where that is at least a
-    half: nearest-neighbour picking lost up to 6% of a 3 mm crescent's Dice on a 512-px
-    0.45 mm grid, this loses none (tests/test_frame_geometry.py). CT-ICH's own grid is
-    the identity, unchanged."""
-    (oy, ox), (h, w) = frame.offset, frame.scaled
-    scaled = np.zeros((h, w), bool)
-    ys, xs = max(0, oy), max(0, ox)
-    ye, xe = min(mask.shape[0], oy + h), min(mask.shape[1], ox + w)
-    scaled[ys - oy : ye - oy, xs - ox : xe - ox] = mask[ys:ye, xs:xe]
-    if (h, w) == frame.shape:
-        return scaled
-    shrink = h * w > frame.shape[0] * frame.shape[1]
-    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    return cv2.resize(scaled.astype(np.float32), frame.shape[::-1], interpolation=interp) >= 0.5
 
 
 def _index_to_world(volume: Volume, dicom: bool) -> np.ndarray:
@@ -130,7 +65,7 @@ def predict_volume(
     positions = volume.slice_positions_mm()
     slab = slab_index(positions)
     slabs_info = None
-    if slab.max() + 1 < len(slab):  # a thin series: the model reads ~5 mm slabs (ichseg.infer.slabs)
+    if slab.max() + 1 < len(slab):  # a thin series: the model reads ~5 mm slabs (ichseg.data.slabs)
         in_brain, in_bone = hu_to_windows(average_slabs(volume.hu, slab))
         thick = slab_thickness_mm(positions, slab)
         slabs_info = {

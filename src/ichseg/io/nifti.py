@@ -166,6 +166,20 @@ def write_mask_nifti(mask: np.ndarray, volume: Volume, path: Path | str, descrip
     return path
 
 
+def write_label_nifti(labels: np.ndarray, volume: Volume, path: Path | str, descrip: str = "label classes") -> Path:
+    """As :func:`write_mask_nifti` for a (slices, rows, columns) uint8 class volume whose
+    values are kept (0 = background), as nnU-Net's ``labelsTr`` holds them."""
+    path = Path(path)
+    _check_suffix(path)
+    m = np.asarray(labels)
+    if m.shape != volume.shape:
+        raise ValueError(f"{path}: label shape {m.shape} differs from the volume's {volume.shape} (slices, rows, columns)")
+    if m.min(initial=0) < 0 or m.max(initial=0) > 255:
+        raise ValueError(f"{path}: label values {int(m.min())}..{int(m.max())} do not fit uint8")
+    _write(path, volume, m.astype(np.uint8).transpose(2, 1, 0), descrip, np.uint8)
+    return path
+
+
 def write_volume_nifti(volume: Volume, path: Path | str, descrip: str = "") -> Path:
     """Write the volume's HU as int16 NIfTI (rounded, as CT stores them), atomically, on the
     same grid rules as :func:`write_mask_nifti`."""
