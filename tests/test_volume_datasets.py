@@ -50,9 +50,7 @@ def blob(n: int, k: list[int], value: int, at: tuple[int, int] = (30, 30), size:
     return lab
 
 
-def nnunet(
-    root: Path, cases: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, int], slice_mm: float = 5.0
-) -> Path:
+def nnunet(root: Path, cases: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, int], slice_mm: float = 5.0) -> Path:
     for case, (img, lab) in cases.items():
         write(root / "imagesTr" / f"{case}_0000.nii.gz", img, slice_mm)
         write(root / "labelsTr" / f"{case}.nii.gz", lab, slice_mm, dtype=np.uint8)

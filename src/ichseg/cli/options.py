@@ -6,6 +6,11 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+DATA_HELP = (
+    "a dataset: CT-ICH JPGs (Patients_CT/, CSVs), an nnU-Net folder (dataset.json, imagesTr/, labelsTr/), "
+    "CT-ICH NIfTI (ct_scans/, masks/) or a .csv of image,label pairs"
+)
+
 
 def demo_data():  # imported lazily: keeps the synthetic module out of CLI start-up
     """The embedded default dataset of ``ichseg run``: big enough that 4 held-out patients
@@ -45,7 +50,7 @@ def bundle_dir(args: argparse.Namespace) -> Path:
 
 
 def add_common(sp: argparse.ArgumentParser, data_required: bool = True) -> None:
-    sp.add_argument("--data", type=Path, required=data_required, default=None, help="a dataset: CT-ICH JPGs (Patients_CT/, CSVs), an nnU-Net folder (dataset.json, imagesTr/, labelsTr/), CT-ICH NIfTI (ct_scans/, masks/) or a .csv of image,label pairs")
+    sp.add_argument("--data", type=Path, required=data_required, default=None, help=DATA_HELP)
     sp.add_argument("--skip-bad", action="store_true", help="warn about and leave out bad slices instead of stopping")
     sp.add_argument("--image-size", type=int, default=650, help="expected source image size in px (0: any size)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
