@@ -192,3 +192,38 @@ def test_ctich_exported_to_nnunet_reads_back_as_the_same_index(tiny_data: Path, 
     prep = prepare(out, tmp_path / "work", cfg, progress=False)
     assert sorted(prep.split["train"] + prep.split["val"]) == sorted({p for p, _ in jpg})
     assert json.loads((tmp_path / "work" / "dataset.json").read_text())["layout"] == "nnunet"
+
+
+def test_finetune_starts_from_the_bundle_and_scores_held_out_patients_before_and_after(tiny_data: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from ichseg.cli import main
+    from ichseg.config import ClassifierConfig, PipelineConfig, RunConfig, TrainConfig, UNetConfig
+    from ichseg.experiments.workflow import bundle_stage, prepare, train_stage
+    from ichseg.infer.pipeline import load_bundle
+
+    cfg = RunConfig(
+        unet=UNetConfig(input_size_px=32, base_filters=4, depth=3),
+        classifier=ClassifierConfig(input_size_px=32, base_filters=4, blocks=3),
+        train_unet=TrainConfig(epochs=1, samples_per_epoch=16, channels_last=False),
+        train_classifier=TrainConfig(epochs=1, samples_per_epoch=16),
+        pipeline=PipelineConfig(min_area_px=0, eval_size_px=64),
+    )
+    prep = prepare(tiny_data, tmp_path / "w", cfg, progress=False, expected_size_px=96)
+    train_stage(prep, "classifier", progress=False)
+    train_stage(prep, "unet", progress=False)
+    base = bundle_stage(tmp_path / "w", cfg)
+    (base / "unet.onnx").write_bytes(b"stale graph")  # must not follow the new weights
+    out = tmp_path / "site-model"
+    args = ["finetune", "--model", str(base), "--data", str(tiny_data), "--out", str(out), "--image-size", "96"]
+    assert main([*args, "--epochs", "1", "--samples-per-epoch", "8", "--held-out", "0.4", "--no-progress"]) == 0
+    r = json.loads((out / "finetune.json").read_text())
+    assert set(r["finetune_patients"]).isdisjoint(r["held_out_patients"]) and r["held_out_patients"]
+    assert set(r["held_out"]["before"]) == set(r["held_out"]["after"]) >= {"slice_recall", "dice_global"}
+    assert r["base_unet_sha256"] and r["data_checksum"] and r["finetune_config"]["epochs"] == 1
+    assert not (out / "unet.onnx").exists() and (out / "classifier.safetensors").exists()
+    a, b = load_file(str(base / "unet.safetensors")), load_file(str(out / "unet.safetensors"))
+    assert a.keys() == b.keys() and any(not (a[k] == b[k]).all() for k in a)  # trained on, from the same weights
+    bundle = load_bundle(out)
+    assert bundle.meta["finetune"]["finetuned_from"] == str(base.resolve())
+    assert bundle.meta["unet"]["finetuned_from"] == str(base.resolve())

@@ -211,9 +211,11 @@ def train_model(
     resume: bool = False,
     progress: bool = True,
     max_steps: int | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train with early stopping; writes ``best``/``last`` checkpoints, ``history.csv`` and a
-    resumable state into ``out_dir``.
+    resumable state into ``out_dir``. ``init_state``: start from these weights (a
+    fine-tune) instead of a fresh initialisation; a resumed run's checkpoint wins over it.
 
     ``max_steps`` stops after that many optimizer steps counted over the whole run, as a
     kill would (tests use it to prove that ``resume`` continues exactly).
@@ -226,7 +228,10 @@ def train_model(
     segmenter = isinstance(model_config, UNetConfig)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    model = build_model(model_config).to(device)  # before the optimizer, so its state lives there too
+    model = build_model(model_config)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(device)  # before the optimizer, so its state lives there too
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     log.info("%s: %s parameters", type(model).__name__, f"{count_parameters(model):,}")
