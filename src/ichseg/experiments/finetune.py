@@ -10,8 +10,9 @@ The result is a bundle like any other; its ``pipeline.json`` and ``unet.json`` r
 base model (path and weights checksum), the data checksum, the split and the schedule.
 
 The operating point is the base bundle's: a few dozen patients are too few to choose one
-on without tuning to them. Exported ONNX/OpenVINO graphs are not carried over (they would
-hold the old weights); ``ichseg export --onnx`` makes new ones.
+on without tuning to them. Exported ONNX/OpenVINO graphs and the bf16 check are not carried
+over (they hold or describe the old weights); ``ichseg export --onnx`` and ``ichseg
+check-precision`` make new ones.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from ichseg.files import atomic_write_text, sha256_file
 log = logging.getLogger(__name__)
 
 GRAPH_SUFFIXES = (".onnx", ".xml", ".bin")
+# what describes the old weights: the graphs' sidecars and the bf16 check (ichseg check-precision)
+STALE_FILES = ("precision.json",)
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ def _train_config(base: dict[str, Any] | None, ft: FinetuneConfig, member: int) 
     )
 
 
-def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
+def held_out_scores(metrics: dict[str, Any]) -> dict[str, Any]:
     p = metrics
     return {
         "slice_recall": p["slice"]["recall"],
@@ -109,7 +112,7 @@ def finetune(
     prep = prepare(data_dir, work, run, skip_bad=skip_bad, progress=progress, split=split, expected_size_px=expected_size_px)
     held = ensure_caches(base, select(prep.records, split["val"]), prep.cache_root, skip_bad=skip_bad)
     t0 = time.perf_counter()
-    before = _scores(evaluate_records(base, held, prep.cache_root).metrics)
+    before = held_out_scores(evaluate_records(base, held, prep.cache_root).metrics)
     log.info("before fine-tuning, on %d held-out patients: %s", len(split["val"]), before)
     size, windows, heads = ucfg.input_size_px, tuple(ucfg.windows), tuple(ucfg.heads or ("hemorrhage",))
     train = load_arrays(prep, "train", size, windows, ucfg.context_slices, heads, ucfg)
@@ -145,7 +148,8 @@ def finetune(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for f in model_dir.iterdir():
-        if f.is_file() and not f.name.startswith("unet.") and f.suffix not in GRAPH_SUFFIXES:
+        stale = f.name.startswith("unet.") or ".onnx" in f.name or f.suffix in GRAPH_SUFFIXES or f.name in STALE_FILES
+        if f.is_file() and not stale:
             shutil.copy2(f, tmp / f.name)
     meta = {k: v for k, v in umeta.items() if k not in ("members", "storage", "config", "kind")} | provenance
     if len(tuned) > 1:
@@ -160,7 +164,7 @@ def finetune(
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.replace(out_dir)
-    after = _scores(evaluate_records(load_bundle(out_dir), held, prep.cache_root).metrics)
+    after = held_out_scores(evaluate_records(load_bundle(out_dir), held, prep.cache_root).metrics)
     result = {
         **provenance,
         "held_out": {"before": before, "after": after},
