@@ -254,3 +254,24 @@ def test_the_specificity_policy_pays_for_false_alarms_on_normal_patients() -> No
     assert choose([loud, quiet], "scan_safe_f2_dice") is loud
     assert choose([loud, quiet], "scan_safe_f2_dice_spec") is quiet
     assert score(quiet, "scan_safe_f2_dice_spec") == pytest.approx(score(quiet, "scan_safe_f2_dice") + 0.8)
+
+
+def test_a_miss_is_explained_by_its_density_and_the_members_signal(tmp_path) -> None:
+    import cv2
+    import numpy as np
+
+    from ichseg.experiments.misses import cause, grey_contrast
+
+    img = np.full((64, 64), 115, np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:20, 10:20] = 255
+    img[10:20, 10:20] = 75  # a hypodense collection (070's kind)
+    cv2.imwrite(str(tmp_path / "b.png"), img)
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    c = grey_contrast(str(tmp_path / "b.png"), str(tmp_path / "m.png"))
+    assert c == pytest.approx(-40)
+    silent = row("p", 1, 100, [])
+    assert cause(silent, c) == "hypodense"
+    assert cause(silent, 30.0) == "no signal"
+    assert cause(row("p", 1, 100, [[8, 8]]), 30.0) == "below the operating point"
+    assert grey_contrast(str(tmp_path / "b.png"), "") is None
