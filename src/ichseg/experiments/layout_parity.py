@@ -40,10 +40,9 @@ def proxy_config(seed: int):
 
 
 def run(data: Path, work: Path, results: Path, folds: int = 5, image_size_px: int = 650) -> dict[str, Any]:
-    from ichseg.cli import main
     from ichseg.data.export_nnunet import export_nnunet
     from ichseg.evaluate.oof import metrics_at, point_rule
-    from ichseg.experiments.ensemble import summarize_members
+    from ichseg.experiments.ensemble import run_member_fold, summarize_members
     from ichseg.experiments.folds import fold_values, load_member_folds
 
     nn = work / "nnunet-data"
@@ -51,12 +50,12 @@ def run(data: Path, work: Path, results: Path, folds: int = 5, image_size_px: in
         export_nnunet(data, nn)
     runs = {"jpg-seed0": (data, 0, "jpg"), "nnunet-seed0": (nn, 0, "nnunet"), "jpg-seed1": (data, 1, "jpg")}
     for name, (src, seed, layout) in runs.items():
-        cfg_path = work / f"{name}.json"
-        save_json(to_dict(proxy_config(seed)), cfg_path)
-        args = ["cv", "--data", str(src), "--out", str(work / f"cv-{layout}"), "--name", name, "--folds", str(folds)]
-        args += ["--config", str(cfg_path), "--results", str(results), "--no-progress", "--image-size", str(image_size_px)]
-        if main(args) != 0:
-            raise RuntimeError(f"{name}: ichseg {' '.join(args)} failed")
+        cfg = proxy_config(seed)
+        save_json(to_dict(cfg), work / f"{name}.json")
+        for fold in range(folds):  # as `ichseg cv --config work/NAME.json`: a fold whose JSON exists is kept
+            if not (results / name / f"fold{fold}.json").exists():
+                run_member_fold(src, work / f"cv-{layout}", cfg, name, fold, folds, results, progress=False,
+                                expected_size_px=image_size_px)  # fmt: skip
     summaries = {name: summarize_members(results / name, veto=False) for name in runs}
     common = summaries["jpg-seed0"]["operating_point"]
     body: dict[str, Any] = {"runs": {}, "common_point": common, "config": to_dict(proxy_config(0))}
