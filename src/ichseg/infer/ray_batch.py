@@ -88,6 +88,7 @@ def predict_batch_ray(
                 concurrency=max(1, actors),
                 num_cpus=cpus_per_actor,
                 num_gpus=gpus_per_actor,
+                # passed to the actors as Ray remote options; Ray 2.64 drops them (pyproject caps it below)
                 max_restarts=3,  # an actor lost with its node comes back ...
                 max_task_retries=3,  # ... and the study it held is run again
             )
