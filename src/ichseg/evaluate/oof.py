@@ -186,15 +186,20 @@ def outcome_metrics(
     return {
         "slice": slice_metrics(o["verdict"], truth),
         "scan": scan_metrics(patient_ids, o["verdict"], truth),
-        "pixel": {
-            "dice_global": 2 * inter / (pred + true) if pred + true else None,
-            "iou_global": inter / (pred + true - inter) if pred + true - inter else None,
-            "pixels_true": true,
-            "pixels_predicted": pred,
-            "pixels_intersection": inter,
-        },
+        "pixel": pixel_metrics(inter, pred, true),
         "fp_px_per_normal_patient": float(np.mean(fp_normal)) if len(fp_normal) else None,
         "normal_patients": len(normal),
+    }
+
+
+def pixel_metrics(inter: int, pred: int, true: int) -> dict[str, Any]:
+    """Global Dice and IoU from pixel sums (None with a zero denominator), and the sums."""
+    return {
+        "dice_global": 2 * inter / (pred + true) if pred + true else None,
+        "iou_global": inter / (pred + true - inter) if pred + true - inter else None,
+        "pixels_true": true,
+        "pixels_predicted": pred,
+        "pixels_intersection": inter,
     }
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from ichseg.config import PipelineConfig
 from ichseg.evaluate.metrics import confusion, slice_metrics
-from ichseg.evaluate.oof import MASK_THRESHOLDS
+from ichseg.evaluate.oof import MASK_THRESHOLDS, pixel_metrics
 from ichseg.infer.postprocess import fuse_verdict, mask_thresholds, min_areas_px
 
 MIN_AREAS_PX_512 = (5, 10, 20, 40, 80, 160, 320)
@@ -117,13 +117,7 @@ class OutcomeTable:
         return {
             "slice": slice_metrics(o["verdict"], self.truth),
             "scan": {**c, "sensitivity": _ratio(c["tp"], c["tp"] + c["fn"]), "specificity": _ratio(c["tn"], c["tn"] + c["fp"])},
-            "pixel": {
-                "dice_global": 2 * inter / (pred + true) if pred + true else None,
-                "iou_global": inter / (pred + true - inter) if pred + true - inter else None,
-                "pixels_true": true,
-                "pixels_predicted": pred,
-                "pixels_intersection": inter,
-            },
+            "pixel": pixel_metrics(inter, pred, true),
             "fp_px_per_normal_patient": float(np.mean(fp_normal)) if len(fp_normal) else None,
             "normal_patients": int((~self.bleeding).sum()),
         }
