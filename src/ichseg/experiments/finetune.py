@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ichseg.config import RunConfig, TrainConfig, from_dict, load_json, to_dict
-from ichseg.data.splits import select, split_patients
+from ichseg.data.splits import select
 from ichseg.files import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
@@ -102,14 +102,19 @@ def finetune(
     base = load_bundle(model_dir)
     module, ucfg, umeta = load_model(model_dir / "unet")
     members = list(module.members) if hasattr(module, "members") else [module]
-    run = RunConfig(unet=ucfg, preprocess=base.preprocess, pipeline=base.pipeline, stages=("unet",))
-    from ichseg.data.datasets import index_dataset
-
-    records = index_dataset(data_dir, skip_bad=skip_bad, expected_size_px=expected_size_px).records
-    split = split_patients(records, ft.held_out_fraction, ft.seed)
+    # prepare() indexes the site and splits it by these two (split_patients, stratified)
+    run = RunConfig(
+        unet=ucfg,
+        preprocess=base.preprocess,
+        pipeline=base.pipeline,
+        stages=("unet",),
+        val_fraction=ft.held_out_fraction,
+        split_seed=ft.seed,
+    )
+    prep = prepare(data_dir, work, run, skip_bad=skip_bad, progress=progress, expected_size_px=expected_size_px)
+    split = prep.split
     if not split["val"] or not split["train"]:
-        raise ValueError(f"{data_dir}: too few patients to hold some out ({len({r.patient_id for r in records})})")
-    prep = prepare(data_dir, work, run, skip_bad=skip_bad, progress=progress, split=split, expected_size_px=expected_size_px)
+        raise ValueError(f"{data_dir}: too few patients to hold some out ({len(split['train']) + len(split['val'])})")
     held = ensure_caches(base, select(prep.records, split["val"]), prep.cache_root, skip_bad=skip_bad)
     t0 = time.perf_counter()
     before = held_out_scores(evaluate_records(base, held, prep.cache_root).metrics)

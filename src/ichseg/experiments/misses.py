@@ -55,8 +55,15 @@ def cause(row: dict[str, Any], contrast: float | None) -> str:
     return "below the operating point"
 
 
-def misses(cfg_dir: Path, data_dir: Path) -> dict[str, Any]:
+def slice_index(data_dir: Path) -> dict[tuple[str, int], Any]:
+    """The dataset's slice records by (patient, slice)."""
     from ichseg.data.datasets import index_dataset
+
+    return {(r.patient_id, r.slice): r for r in index_dataset(data_dir).records}
+
+
+def misses(cfg_dir: Path, index: dict[tuple[str, int], Any]) -> dict[str, Any]:
+    """The missed slices of ``cfg_dir``'s pooled out-of-fold rows (``index``: :func:`slice_index`)."""
     from ichseg.evaluate.oof import point_rule, slice_outcomes
     from ichseg.experiments.ensemble import summarize_members
     from ichseg.experiments.folds import load_member_folds
@@ -65,7 +72,6 @@ def misses(cfg_dir: Path, data_dir: Path) -> dict[str, Any]:
     op = summary["operating_point"]
     pooled = [r for f in load_member_folds(cfg_dir) for r in f["rows"]]
     o = slice_outcomes(pooled, *point_rule(op))
-    index = {(r.patient_id, r.slice): r for r in index_dataset(data_dir).records}
     rows = []
     for r, called in zip(pooled, o["verdict"], strict=True):
         if not r["hemorrhage"] or called:
@@ -100,12 +106,9 @@ def misses(cfg_dir: Path, data_dir: Path) -> dict[str, Any]:
     }
 
 
-def write_overlays(result: dict[str, Any], data_dir: Path, out: Path) -> None:
+def write_overlays(result: dict[str, Any], index: dict[tuple[str, int], Any], out: Path) -> None:
     import cv2
 
-    from ichseg.data.datasets import index_dataset
-
-    index = {(r.patient_id, r.slice): r for r in index_dataset(data_dir).records}
     for row in result["rows"]:
         rec = index[(row["patient_id"], row["slice"])]
         b = cv2.imread(rec.image_path, cv2.IMREAD_GRAYSCALE)
@@ -125,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlays", type=Path, default=None, help="a folder for overlay PNGs (outside the repository)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    r = misses(a.cv, a.data)
+    index = slice_index(a.data)
+    r = misses(a.cv, index)
     atomic_write_csv(a.out / "misses.csv", r["rows"])
     atomic_write_text(a.out / "misses.json", json.dumps({k: v for k, v in r.items() if k != "rows"}, indent=1) + "\n")
     if a.overlays is not None:
-        write_overlays(r, a.data, a.overlays)
+        write_overlays(r, index, a.overlays)
     print(f"{r['missed']} of {r['slices_with_blood']} slices with blood missed at the shipped point: {r['by_cause']}")
     print("by patient: " + ", ".join(f"{p} {n}" for p, n in r["by_patient"].items()))
     return 0
