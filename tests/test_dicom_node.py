@@ -167,9 +167,19 @@ def test_node_answers_a_pacs_push_with_seg_and_sr_in_the_same_study(series: list
             push(series[:3], port)
         time.sleep(3.0)
         assert len(node.processed) == 1 and len(pacs.received) == 2
-        assert [s["state"] for s in node.queue.series()] == ["done"]
+        assert wait_for_states(node.queue, ["done"], timeout_s=30) == ["done"]
     finally:
         node.stop()
+
+
+def wait_for_states(queue: StudyQueue, want: list[str], timeout_s: float) -> list[str]:
+    """The queue's series states once they equal ``want``, or as they stand at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    states = [s["state"] for s in queue.series()]
+    while states != want and time.monotonic() < deadline:
+        time.sleep(0.2)
+        states = [s["state"] for s in queue.series()]
+    return states
 
 
 def test_node_killed_mid_study_finishes_it_after_a_restart(series: list[Path], pacs: Pacs, tmp_path: Path) -> None:
@@ -211,7 +221,9 @@ def test_node_killed_mid_study_finishes_it_after_a_restart(series: list[Path], p
         node = start()
         got = pacs.wait_for(2, timeout_s=240)
         assert sorted(str(ds.Modality) for ds in got) == ["SEG", "SR"]
-        assert [s["state"] for s in StudyQueue(store).series()] == ["done"]
+        # the node marks the series done only after the destination acknowledged both answers,
+        # so the state can trail the PACS's receipt by a moment
+        assert wait_for_states(StudyQueue(store), ["done"], timeout_s=30) == ["done"]
     finally:
         node.kill()
         node.wait(timeout=30)
