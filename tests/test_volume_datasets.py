@@ -227,3 +227,30 @@ def test_finetune_starts_from_the_bundle_and_scores_held_out_patients_before_and
     bundle = load_bundle(out)
     assert bundle.meta["finetune"]["finetuned_from"] == str(base.resolve())
     assert bundle.meta["unet"]["finetuned_from"] == str(base.resolve())
+    # rehearsal: the base data mixed in, as many slices as the site's fine-tuning part
+    out2 = tmp_path / "site-model-rehearsed"
+    args2 = ["finetune", "--model", str(base), "--data", str(tiny_data), "--out", str(out2), "--image-size", "96"]
+    assert main([*args2, "--epochs", "1", "--samples-per-epoch", "8", "--held-out", "0.4", "--no-progress",
+                 "--rehearse", str(tiny_data), "--rehearsal-ratio", "0.5"]) == 0  # fmt: skip
+    reh = json.loads((out2 / "finetune.json").read_text())["rehearsal"]
+    assert reh["slices"] == round(0.5 * reh["site_slices"]) and reh["data_checksum"]
+
+
+def test_rehearsal_subset_keeps_the_share_of_positive_slices() -> None:
+    import numpy as np
+
+    from ichseg.experiments.finetune import concat_arrays, rehearsal_subset
+    from ichseg.train.loop import Arrays
+
+    n = 100
+    labels = (np.arange(n) % 4 == 0).astype(np.int64)  # 25 % positive
+    data = Arrays(
+        np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1), np.zeros((n, 1, 1), bool), labels, labels[:, None].astype(np.float32)
+    )
+    sub = rehearsal_subset(data, 40, seed=3)
+    assert len(sub.labels) == 40 and int(sub.labels.sum()) == 10
+    assert np.array_equal(sub.labels, data.labels[sub.images[:, 0, 0, 0]])  # rows stay together
+    assert len(np.unique(sub.images)) == 40  # no slice drawn twice
+    assert rehearsal_subset(data, 500, seed=3) is data  # fewer than asked: all of it
+    both = concat_arrays(data, sub)
+    assert len(both.labels) == 140 and both.targets is not None and both.targets.shape == (140, 1)

@@ -22,9 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, third-party libraries' too")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True)
-    from ichseg.cli import data, evaluation, predict, services, training
+    from ichseg.cli import adapt, data, evaluation, predict, services, training
 
-    for group in (data, training, predict, evaluation, services):
+    for group in (data, training, adapt, predict, evaluation, services):
         group.register(sub)
     return p
 

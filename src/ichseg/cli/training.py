@@ -198,36 +198,6 @@ def cmd_cv_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
-    from ichseg.experiments.finetune import FinetuneConfig, finetune
-    from ichseg.infer.shipped import default_model_dir
-
-    ft = FinetuneConfig(
-        epochs=args.epochs or FinetuneConfig.epochs,
-        samples_per_epoch=args.samples_per_epoch,
-        learning_rate=args.learning_rate,
-        held_out_fraction=args.held_out,
-        seed=args.seed,
-    )
-    r = finetune(
-        args.model or default_model_dir(),
-        args.data,
-        args.out,
-        ft,
-        skip_bad=args.skip_bad,
-        progress=not args.no_progress,
-        expected_size_px=args.image_size or None,
-    )
-    b, a = r["held_out"]["before"], r["held_out"]["after"]
-
-    def fmt(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
-
-    print(f"fine-tuned {r['members']} U-Net(s) on {len(r['finetune_patients'])} patients -> {args.out}")
-    print(f"held out {len(r['held_out_patients'])} patients: " + "; ".join(f"{k} {fmt(b[k])} -> {fmt(a[k])}" for k in b))
-    return 0
-
-
 def register(sub) -> None:
     """Add this group's subcommands to the parser."""
     s = sub.add_parser("train", help="index, preprocess, split and train (classifier, U-Net or both)", allow_abbrev=False)
@@ -279,19 +249,6 @@ def register(sub) -> None:
         help="fold ensembles: choose MODEL's operating point again from --cv (weights untouched) and stop",
     )
     s.set_defaults(func=cmd_release)
-
-    s = sub.add_parser(
-        "finetune", help="adapt a model bundle to a site's labelled scans, scored before and after", allow_abbrev=False
-    )
-    add_common(s)
-    s.add_argument("--model", type=Path, default=None, help="the bundle to start from (default: the shipped model)")
-    s.add_argument("--out", type=Path, required=True, help="the fine-tuned bundle (finetune.json beside it)")
-    s.add_argument("--epochs", type=int, default=None, help="epochs of the fixed schedule (default 4)")
-    s.add_argument("--samples-per-epoch", type=int, default=256)
-    s.add_argument("--learning-rate", type=float, default=1e-4)
-    s.add_argument("--held-out", type=float, default=0.3, help="share of the site's patients held out for scoring")
-    s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("run", help="index → preprocess → train both stages → evaluate → figures", allow_abbrev=False)
     add_common(s, data_required=False)

@@ -17,6 +17,7 @@ measures is the cost and the recovery, on the same patients, by the same pipelin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -72,39 +73,109 @@ def make_site(data: Path, site: Path, patients: list[str], seed: int = 0) -> Pat
     return site
 
 
-def run(data: Path, work: Path, results: Path, n_patients: int, model: Path | None = None, **ft_kw: Any) -> dict[str, Any]:
+def pooled_scores(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`held_out_scores` of several evaluations' metrics, from their summed counts
+    (slices, scans, pixels): the halves of a swap scored as one set of patients."""
+
+    def _ratio(num: float, den: float) -> float | None:
+        return num / den if den else None
+
+    def total(section: str, key: str) -> int:
+        return sum(int(m[section][key]) for m in parts)
+
+    sl = {k: total("slice", k) for k in ("tp", "fp", "fn", "tn")}
+    sc = {k: total("scan", k) for k in ("tp", "fp", "fn", "tn")}
+    inter, pred, true = (total("pixel", k) for k in ("pixels_intersection", "pixels_predicted", "pixels_true"))
+    return {
+        "slice_recall": _ratio(sl["tp"], sl["tp"] + sl["fn"]),
+        "slice_precision": _ratio(sl["tp"], sl["tp"] + sl["fp"]),
+        "dice_global": _ratio(2 * inter, pred + true),
+        "iou_global": _ratio(inter, pred + true - inter),
+        "scan_sensitivity": _ratio(sc["tp"], sc["tp"] + sc["fn"]),
+        "scan_specificity": _ratio(sc["tn"], sc["tn"] + sc["fp"]),
+    }
+
+
+def run(
+    data: Path,
+    work: Path,
+    results: Path,
+    n_patients: int,
+    model: Path | None = None,
+    *,
+    variants: tuple[str, ...] = ("plain", "rehearsal"),
+    **ft_kw: Any,
+) -> dict[str, Any]:
+    """Both halves of the site (seeded, stratified) take turns: fine-tune on one, score the
+    other, so every site patient is scored once by a model that never saw it; each variant
+    ("plain": the site alone, "rehearsal": the site plus the development patients outside
+    the site, as CT-ICH JPGs) is pooled over the two turns."""
     from ichseg.data.ctich import build_index
     from ichseg.data.splits import select, split_patients
     from ichseg.evaluate.report import ensure_caches, evaluate_records
-    from ichseg.experiments.finetune import FinetuneConfig, finetune, held_out_scores
+    from ichseg.experiments.finetune import FinetuneConfig, finetune
     from ichseg.infer.pipeline import load_bundle
     from ichseg.infer.shipped import default_model_dir
 
     model = Path(model) if model is not None else default_model_dir()
     records = build_index(data).records
-    # the site: a stratified share of the development patients
-    pick = split_patients(records, n_patients / len({r.patient_id for r in records}), seed=7)["val"]
+    everyone = sorted({r.patient_id for r in records})
+    # the site: a stratified share of the development patients, cut into two stratified halves
+    pick = split_patients(records, n_patients / len(everyone), seed=7)["val"]
+    halves = split_patients(select(records, pick), 0.5, seed=0)
+    turns = [{"train": halves["train"], "val": halves["val"]}, {"train": halves["val"], "val": halves["train"]}]
+    outside = [p for p in everyone if p not in set(pick)]  # rehearsal never sees a site patient
     site = make_site(data, work / "site", pick)
     ft = FinetuneConfig(**ft_kw)
-    result = finetune(model, site, work / "model", ft, work_dir=work / "finetune-work")
-    held = result["held_out_patients"]
     base = load_bundle(model)
-    clean = ensure_caches(base, select(records, held), work / "clean-cache")
-    result["held_out"]["clean_jpg_base_model"] = held_out_scores(evaluate_records(base, clean, work / "clean-cache").metrics)
-    result["site"] = {"patients": pick, "perturbation": json.loads((site / "perturbed.json").read_text())}
+    parts: dict[str, list[dict[str, Any]]] = {"clean_jpg_base_model": [], "before": []}
+    runs: dict[str, Any] = {}
+    for t, split in enumerate(turns):
+        clean = ensure_caches(base, select(records, split["val"]), work / "clean-cache")
+        parts["clean_jpg_base_model"].append(evaluate_records(base, clean, work / "clean-cache").metrics)
+        for v in variants:
+            kw = (
+                {"rehearse": data, "rehearse_patients": outside, "rehearse_cache": work / "clean-cache"}
+                if v == "rehearsal"
+                else {}
+            )
+            out = work / f"model-{v}-{t}"
+            r = finetune(model, site, out, ft, work_dir=work / f"finetune-work-{v}-{t}", split=split, **kw)
+            runs[f"{v}-{t}"] = {k: r[k] for k in ("finetune_patients", "held_out_patients", "train_minutes", "rehearsal")}
+            metrics = r.pop("_metrics")
+            if v == variants[0]:
+                parts["before"].append(metrics["before"])
+            parts.setdefault(f"after_{v}", []).append(metrics["after"])
+    result = {
+        "held_out": {k: pooled_scores(v) for k, v in parts.items()},
+        "held_out_patients": sorted(pick),
+        "turns": runs,
+        "finetune_config": dataclasses.asdict(ft),
+        "site": {"patients": pick, "halves": halves, "perturbation": json.loads((site / "perturbed.json").read_text())},
+        "base_model": str(model),
+    }
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / "finetune_check.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(results / "finetune_check.md", markdown(result))
     return result
+
+
+LABELS = {
+    "clean_jpg_base_model": "base model, original JPGs",
+    "before": "base model, new scanner",
+    "after_plain": "fine-tuned on the site alone, new scanner",
+    "after_rehearsal": "fine-tuned with rehearsal, new scanner",
+}
 
 
 def markdown(r: dict[str, Any]) -> str:
     h = r["held_out"]
-    rows = [("base model, original JPGs", h["clean_jpg_base_model"]), ("base model, new scanner", h["before"]),
-            ("fine-tuned, new scanner", h["after"])]  # fmt: skip
     keys = list(h["before"])
-    lines = ["| held-out patients | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
-    for name, v in rows:
-        lines.append(f"| {name} | " + " | ".join("n/a" if v[k] is None else f"{v[k]:.3f}" for k in keys) + " |")
+    n = len(r["held_out_patients"])
+    lines = [f"| {n} site patients, each scored by a model that never saw it | " + " | ".join(keys) + " |",
+             "|" + "---|" * (len(keys) + 1)]  # fmt: skip
+    for name, v in h.items():
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join("n/a" if v[k] is None else f"{v[k]:.3f}" for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -117,9 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=None, help="base bundle (default: the shipped model)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--samples-per-epoch", type=int, default=256)
+    p.add_argument("--variants", default="plain,rehearsal", help="comma-separated: plain, rehearsal")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    r = run(a.data, a.work, a.results, a.patients, a.model, epochs=a.epochs, samples_per_epoch=a.samples_per_epoch)
+    variants = tuple(v for v in a.variants.split(",") if v)
+    r = run(
+        a.data, a.work, a.results, a.patients, a.model, variants=variants, epochs=a.epochs, samples_per_epoch=a.samples_per_epoch
+    )
     print(markdown(r))
     return 0
 
