@@ -4,7 +4,9 @@
   NIfTI) → 202 ``{"job_id": ...}``; 413 over the upload limit or for a zip bomb, 400 for a
   path that climbs out of the upload, 415 for another kind of file, 429 with Retry-After
   when the queue is full;
-- ``GET /v1/jobs`` and ``GET /v1/jobs/{id}`` (state, error, summary, result files);
+- ``GET /v1/jobs`` and ``GET /v1/jobs/{id}`` (state, ``progress`` — the stage a running
+  job is in and since when, :data:`ichseg.services.jobs.STAGES` — error, summary, result
+  files);
   ``GET /v1/jobs/{id}/files/{name}`` (one of those files); ``DELETE /v1/jobs/{id}``;
 - ``GET /healthz`` (no token); ``GET /`` the viewer (no token: it asks for one).
 
@@ -86,7 +88,7 @@ class Service:
         if self._worker is not None:
             self._worker.join(timeout=120)
 
-    def _predict(self, path: Path, out: Path):
+    def _predict(self, path: Path, out: Path, stage=None):
         from ichseg.services.runner import predict_any
 
         if self._bundle is None:
@@ -95,7 +97,7 @@ class Service:
 
             self._bundle = load_bundle(self.config.model_dir or default_model_dir(), runtime=self.config.runtime)
         with self.slots.slot():
-            return predict_any(self._bundle, path, out, head_check=self.config.head_check)
+            return predict_any(self._bundle, path, out, head_check=self.config.head_check, stage=stage)
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -119,7 +121,8 @@ class Service:
         results = self.jobs.job_dir(job["id"]) / "results"
         files = [n for n in RESULT_FILES if (results / n).is_file()] if job["state"] == "done" else []
         keep = ("id", "state", "kind", "error", "created", "updated")
-        return {**{k: job.get(k) for k in keep}, "summary": job.get("summary"), "files": files}
+        out = {k: job.get(k) for k in keep}
+        return {**out, "progress": JobStore.progress(job), "summary": job.get("summary"), "files": files}
 
 
 def create_app(service: Service):
