@@ -52,6 +52,17 @@ def test_tokens_are_required_and_compared(tmp_path: Path) -> None:
         Service(ServiceConfig(store=tmp_path, no_auth=True, host="0.0.0.0"))
 
 
+def test_an_upload_without_the_token_is_refused_and_makes_no_job(tmp_path: Path) -> None:
+    c = client(tmp_path)
+    body = {"file": ("a.zip", _zip_with("1.jpg", b"x"))}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic " + TOKEN}):
+        r = c.post("/v1/studies", files=body, headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (headers, r.text)
+    assert c.get("/v1/jobs", headers=AUTH).json() == []
+    assert not (tmp_path / "jobs").exists() or not list((tmp_path / "jobs").iterdir())
+    assert c.post("/v1/studies", files=body, headers=AUTH).status_code == 202  # the same upload, with the token
+
+
 def _zip_with(name: str, data: bytes, compress: bool = False) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as zf:
