@@ -138,6 +138,57 @@ def test_a_job_reports_the_stage_it_is_in_and_a_cancel_is_not_overwritten(tmp_pa
     assert not (store.job_dir(jid2) / "results").exists()
 
 
+def test_a_chunked_upload_over_the_limit_is_cut_off_while_it_streams(tmp_path: Path) -> None:
+    """No Content-Length to check: the body is counted as it arrives and answered 413 at the
+    limit, before the multipart parser spooled it all; no job, no job folder."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    service = Service(ServiceConfig(store=tmp_path, token=TOKEN, max_upload_bytes=1 << 20))
+    handled = []  # the handler draws a job id once the multipart parser has the whole file
+    new_id = service.jobs.new_id
+    service.jobs.new_id = lambda: handled.append(1) or new_id()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    sent = 0
+
+    def body():  # a multipart upload of 8 MB of zeros, in 256 kB chunks, with no declared length
+        nonlocal sent
+        yield b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="big.nii.gz"\r\n\r\n'
+        for _ in range(32):
+            sent += 256 << 10
+            yield b"\0" * (256 << 10)
+        yield b"\r\n--xyz--\r\n"
+
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{port}"
+        headers = {**AUTH, "Content-Type": "multipart/form-data; boundary=xyz"}
+        r = httpx.post(base + "/v1/studies", content=body(), headers=headers, timeout=60)
+        assert r.status_code == 413, r.text
+        assert not handled  # cut off in the stream: the handler never saw this upload
+        assert (
+            "content-length" not in {k.lower() for k in r.request.headers} and r.request.headers["transfer-encoding"] == "chunked"
+        )
+        assert httpx.get(base + "/v1/jobs", headers=AUTH, timeout=10).json() == []
+        assert not (tmp_path / "jobs").exists() or not list((tmp_path / "jobs").iterdir())
+        small = httpx.post(base + "/v1/studies", files={"file": ("a.zip", _zip_with("1.jpg", b"x"))}, headers=AUTH, timeout=60)
+        assert small.status_code == 202 and len(handled) == 1  # the service serves on
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 def test_a_job_left_by_a_stopped_service_is_finished_by_the_next_one(tmp_path: Path) -> None:
     before = client(tmp_path)  # accepts the upload, never runs it (as if it died)
     r = before.post("/v1/studies", files={"file": ("049.zip", sample_zip())}, headers=AUTH)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ichseg.services.jobs import JobStore, PredictionSlots, run_job
-from ichseg.services.uploads import UploadError, safe_unzip, upload_kind
+from ichseg.services.uploads import BodyLimit, UploadError, safe_unzip, upload_kind
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ RESULT_FILES = (
     "predictions.json",
 )
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: What a multipart body may hold beyond the file itself (boundaries, part headers).
+ENVELOPE_BYTES = 1 << 20
 
 
 @dataclass
@@ -139,6 +141,8 @@ def create_app(service: Service):
         service.stop()
 
     app = FastAPI(title="ichseg", version=_version(), lifespan=lifespan)
+    # counted as the body streams in: a chunked upload has no Content-Length to check
+    app.add_middleware(BodyLimit, path="/v1/studies", limit=service.config.max_upload_bytes + ENVELOPE_BYTES)
 
     def auth(request: Request) -> None:
         if not service.authorised(request.headers.get("authorization")):
@@ -155,11 +159,8 @@ def create_app(service: Service):
         return VIEWER_HTML
 
     @app.post("/v1/studies", status_code=202, dependencies=[Depends(auth)])
-    async def submit(request: Request, file: UploadFile) -> JSONResponse:
-        cfg = service.config
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > cfg.max_upload_bytes + (1 << 20):
-            raise HTTPException(413, f"upload over {cfg.max_upload_bytes} bytes")
+    async def submit(file: UploadFile) -> JSONResponse:
+        cfg = service.config  # a body over the limit never gets here: BodyLimit answered 413
         if service.jobs.active() >= cfg.max_active_jobs:
             return JSONResponse({"detail": "the queue is full; try again later"}, status_code=429, headers={"Retry-After": "30"})
         try:
