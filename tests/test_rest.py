@@ -15,6 +15,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient
 
+from ichseg.services.jobs import STAGES
 from ichseg.services.rest import Service, ServiceConfig, create_app
 
 TOKEN = "s3cret-token-for-tests"
@@ -49,6 +50,17 @@ def test_tokens_are_required_and_compared(tmp_path: Path) -> None:
         Service(ServiceConfig(store=tmp_path))
     with pytest.raises(ValueError, match="loopback"):
         Service(ServiceConfig(store=tmp_path, no_auth=True, host="0.0.0.0"))
+
+
+def test_an_upload_without_the_token_is_refused_and_makes_no_job(tmp_path: Path) -> None:
+    c = client(tmp_path)
+    body = {"file": ("a.zip", _zip_with("1.jpg", b"x"))}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic " + TOKEN}):
+        r = c.post("/v1/studies", files=body, headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (headers, r.text)
+    assert c.get("/v1/jobs", headers=AUTH).json() == []
+    assert not (tmp_path / "jobs").exists() or not list((tmp_path / "jobs").iterdir())
+    assert c.post("/v1/studies", files=body, headers=AUTH).status_code == 202  # the same upload, with the token
 
 
 def _zip_with(name: str, data: bytes, compress: bool = False) -> bytes:
@@ -91,6 +103,92 @@ def test_a_full_queue_says_when_to_come_back_and_a_queued_job_can_be_cancelled(t
     assert c.delete("/v1/jobs/nope", headers=AUTH).status_code == 404
 
 
+def test_a_job_reports_the_stage_it_is_in_and_a_cancel_is_not_overwritten(tmp_path: Path) -> None:
+    from ichseg.services.jobs import JobStore, run_job
+
+    store = JobStore(tmp_path)
+    seen: list[str] = []
+
+    def predict(path: Path, out: Path, stage):  # looks at the job from outside, as GET /v1/jobs/{id} does
+        for name in ("reading", "predicting", "writing"):
+            stage(name)
+            seen.append(JobStore.progress(store.get(jid))["stage"])
+        out.mkdir(parents=True)
+        return "images", {"hemorrhage": False}
+
+    jid = store.new_id()
+    store.add(jid, tmp_path / "in")
+    assert JobStore.progress(store.get(jid))["stage"] == "queued"
+    job = store.claim()
+    assert JobStore.progress(store.get(jid))["stage"] == "starting"
+    run_job(store, job, predict)
+    assert seen == ["reading", "predicting", "writing"]
+    assert store.get(jid)["state"] == "done" and JobStore.progress(store.get(jid))["stage"] == "done"
+
+    def cancelled_midway(path: Path, out: Path, stage):
+        stage("reading")
+        store.cancel(jid2)  # DELETE arrives while the model runs
+        stage("predicting")
+        return "images", {}
+
+    jid2 = store.new_id()
+    store.add(jid2, tmp_path / "in2")
+    run_job(store, store.claim(), cancelled_midway)
+    assert store.get(jid2)["state"] == "cancelled" and JobStore.progress(store.get(jid2))["stage"] == "cancelled"
+    assert not (store.job_dir(jid2) / "results").exists()
+
+
+def test_a_chunked_upload_over_the_limit_is_cut_off_while_it_streams(tmp_path: Path) -> None:
+    """No Content-Length to check: the body is counted as it arrives and answered 413 at the
+    limit, before the multipart parser spooled it all; no job, no job folder."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    service = Service(ServiceConfig(store=tmp_path, token=TOKEN, max_upload_bytes=1 << 20))
+    handled = []  # the handler draws a job id once the multipart parser has the whole file
+    new_id = service.jobs.new_id
+    service.jobs.new_id = lambda: handled.append(1) or new_id()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    sent = 0
+
+    def body():  # a multipart upload of 8 MB of zeros, in 256 kB chunks, with no declared length
+        nonlocal sent
+        yield b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="big.nii.gz"\r\n\r\n'
+        for _ in range(32):
+            sent += 256 << 10
+            yield b"\0" * (256 << 10)
+        yield b"\r\n--xyz--\r\n"
+
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{port}"
+        headers = {**AUTH, "Content-Type": "multipart/form-data; boundary=xyz"}
+        r = httpx.post(base + "/v1/studies", content=body(), headers=headers, timeout=60)
+        assert r.status_code == 413, r.text
+        assert not handled  # cut off in the stream: the handler never saw this upload
+        assert (
+            "content-length" not in {k.lower() for k in r.request.headers} and r.request.headers["transfer-encoding"] == "chunked"
+        )
+        assert httpx.get(base + "/v1/jobs", headers=AUTH, timeout=10).json() == []
+        assert not (tmp_path / "jobs").exists() or not list((tmp_path / "jobs").iterdir())
+        small = httpx.post(base + "/v1/studies", files={"file": ("a.zip", _zip_with("1.jpg", b"x"))}, headers=AUTH, timeout=60)
+        assert small.status_code == 202 and len(handled) == 1  # the service serves on
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 def test_a_job_left_by_a_stopped_service_is_finished_by_the_next_one(tmp_path: Path) -> None:
     before = client(tmp_path)  # accepts the upload, never runs it (as if it died)
     r = before.post("/v1/studies", files={"file": ("049.zip", sample_zip())}, headers=AUTH)
@@ -98,11 +196,14 @@ def test_a_job_left_by_a_stopped_service_is_finished_by_the_next_one(tmp_path: P
     jid = r.json()["job_id"]
     with client(tmp_path) as after:  # a restart on the same store: its worker picks the job up
         deadline = time.monotonic() + 300
-        while (state := after.get(f"/v1/jobs/{jid}", headers=AUTH).json()["state"]) in ("queued", "running"):
+        stages = []
+        while (job := after.get(f"/v1/jobs/{jid}", headers=AUTH).json())["state"] in ("queued", "running"):
             assert time.monotonic() < deadline, "the job did not finish"
-            time.sleep(0.5)
-        job = after.get(f"/v1/jobs/{jid}", headers=AUTH).json()
-        assert state == "done" and job["kind"] == "images", job
+            stages.append(job["progress"]["stage"])
+            time.sleep(0.2)
+        assert job["state"] == "done" and job["kind"] == "images" and job["progress"]["stage"] == "done", job
+        order = [STAGES.index(st) for st in stages]  # whatever was seen, it was seen in order
+        assert order == sorted(order), stages
         assert job["summary"]["hemorrhage"] is True and {"summary.json", "report.html", "predictions.csv"} <= set(job["files"])
         report = after.get(f"/v1/jobs/{jid}/files/report.html", headers=AUTH)
         assert report.status_code == 200 and "not a medical device" in report.text.lower()
@@ -148,11 +249,13 @@ def test_server_killed_mid_job_finishes_it_after_a_restart(tmp_path: Path) -> No
     try:
         r = httpx.post(base + "/v1/studies", files={"file": ("049.zip", sample_zip())}, headers=AUTH, timeout=60)
         jid = r.json()["job_id"]
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{base}/v1/jobs/{jid}", headers=AUTH, timeout=10).json()["state"] == "queued":
-            assert time.monotonic() < deadline
+        deadline = time.monotonic() + 120  # the model loads first: running, stage "starting"
+        while (job := httpx.get(f"{base}/v1/jobs/{jid}", headers=AUTH, timeout=10).json())["progress"]["stage"] in STAGES[:3]:
+            assert time.monotonic() < deadline, job
             time.sleep(0.05)
-        server.kill()  # mid-prediction
+        # the model is running on the 33 slices (seconds of work): killed in the middle of it
+        assert job["state"] == "running" and job["progress"]["stage"] == "predicting", job
+        server.kill()
         server.wait(timeout=30)
         server = start()
         deadline = time.monotonic() + 300

@@ -1,10 +1,15 @@
 """The viewer page of ``ichseg serve`` in headless Chromium (Debian's ``chromium`` driven by
 Selenium through ``chromedriver``): it asks for the token, lists the jobs, scrolls the slices,
-and draws the outline with the opacity asked for. Screenshots go to ``ICHSEG_SCREENSHOTS``
-when that is set (they were looked at when the viewer was written)."""
+and draws the outline with the opacity asked for (on a hand-made job, whose pixels are
+known); and it uploads the shipped sample study through the page, follows the real job to
+the end and shows its answer. Screenshots go to ``ICHSEG_SCREENSHOTS`` when that is set;
+README's ``docs/results/viewer.png`` is ``viewer-sample.png`` of
+``ICHSEG_SCREENSHOTS=/tmp/shots pytest tests/test_viewer.py -k sample`` (looked at)."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import csv
 import json
 import os
@@ -12,6 +17,8 @@ import shutil
 import socket
 import threading
 import time
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,43 +77,62 @@ def _finished_job(store: Path) -> str:
     return jid
 
 
-@pytest.fixture
-def served(tmp_path: Path):
+@contextlib.contextmanager
+def _serving(store: Path) -> Iterator[str]:
+    """``ichseg serve``'s app under uvicorn on a free loopback port, its worker running (so an
+    upload is predicted by the shipped model); stopped on exit."""
     import uvicorn
 
     from ichseg.services.rest import Service, ServiceConfig, create_app
 
-    jid = _finished_job(tmp_path / "store")
     port = _free_port()
-    service = Service(ServiceConfig(store=tmp_path / "store", token=TOKEN))
+    service = Service(ServiceConfig(store=store, token=TOKEN))
     server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", jid
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    jid = _finished_job(tmp_path / "store")
+    with _serving(tmp_path / "store") as base:
+        yield base, jid
+
+
+@contextlib.contextmanager
+def _chromium(width: int = 1200, height: int = 1000):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=DriverService(DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 def test_viewer_lists_scrolls_and_draws_the_outline(served, tmp_path: Path) -> None:
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service as DriverService
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     base, jid = served
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,1000"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=DriverService(DRIVER), options=opts)
     shots = Path(os.environ.get("ICHSEG_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    try:
-        driver.set_page_load_timeout(60)
+    with _chromium() as driver:
         driver.get(base + "/")
         wait = WebDriverWait(driver, 30)
         wait.until(ec.text_to_be_present_in_element((By.ID, "msg"), "cannot list jobs"))  # no token yet: 401
@@ -139,5 +165,65 @@ def test_viewer_lists_scrolls_and_draws_the_outline(served, tmp_path: Path) -> N
         bars = driver.find_elements(By.CSS_SELECTOR, "#plot rect.bar")
         assert len(bars) == 12 and [b.get_attribute("fill") for b in bars].count("#c62828") == 3
         driver.save_screenshot(str(shots / "viewer-slice1.png"))
-    finally:
-        driver.quit()
+
+
+def test_sample_study_uploaded_through_the_page_is_followed_and_shown(tmp_path: Path) -> None:
+    """The shipped sample (CT-ICH 049, converted to a DICOM series as ``ichseg predict
+    --sample`` does) uploaded with the page's form: the page shows the job's stages while
+    the shipped model runs, then the CT with the outline, the lesion table and the
+    downloads of the real answer."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from ichseg.data.convert import convert_patient
+    from ichseg.sample import sample_study_dir
+
+    series = convert_patient(sample_study_dir(), "dicom", tmp_path / "conv")
+    upload = tmp_path / "ct-ich-049-dicom.zip"
+    with zipfile.ZipFile(upload, "w") as zf:
+        for f in sorted(series.glob("*.dcm")):
+            zf.write(f, f"049/{f.name}")
+    shots = Path(os.environ.get("ICHSEG_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with _serving(tmp_path / "store") as base, _chromium(1280, 1000) as driver:
+        driver.get(base + "/")
+        wait = WebDriverWait(driver, 30)
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.find_element(By.ID, "save").click()
+        driver.find_element(By.ID, "file").send_keys(str(upload))
+        driver.find_element(By.CSS_SELECTOR, "#upload button").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "msg"), "queued"))
+        jid = driver.find_element(By.ID, "msg").text.split()[1]
+        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f'#jobs li[data-id="{jid}"]'))).click()
+        WebDriverWait(driver, 240).until(ec.visibility_of_element_located((By.ID, "viewer")))  # the model ran
+        assert driver.find_element(By.ID, "detail").text == f"Job {jid}: done"
+        assert driver.find_element(By.ID, "verdict").text == "Hemorrhage detected"  # CT-ICH 049 bleeds
+        assert driver.find_element(By.ID, "slicename").text.endswith("/33)")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#lesions tr")
+        assert len(rows) >= 2 and float(rows[1].find_elements(By.TAG_NAME, "td")[1].text) > 0  # a lesion, with a volume
+        files = [b.text for b in driver.find_elements(By.CSS_SELECTOR, "#files button")]
+        assert {"summary.json", "report.html", "mask.nii.gz", "segmentation.dcm", "measurements.dcm"} <= set(files), files
+        driver.execute_script(  # to the slice the model is surest of: the tallest bar of the plot
+            "const bars = [...document.querySelectorAll('#plot rect.bar')];"
+            "const top = bars.reduce((a, b) => +b.getAttribute('height') > +a.getAttribute('height') ? b : a);"
+            "const s = document.getElementById('slice'); s.value = top.dataset.k; s.dispatchEvent(new Event('input'));"
+        )
+        time.sleep(1.0)  # the slice's two images load and the mask is drawn
+        lit = driver.execute_script(  # red pixels on the mask canvas: the outline is drawn on this slice
+            "const d = document.getElementById('mask').getContext('2d').getImageData(0, 0, 512, 512).data;"
+            "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;"
+        )
+        assert lit > 0
+        width, height = driver.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight];"
+        )
+        shot = driver.execute_cdp_cmd(  # the whole page, below the fold too: CT, plot, lesions and downloads
+            "Page.captureScreenshot",
+            {
+                "format": "png",
+                "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+            },
+        )
+        (shots / "viewer-sample.png").write_bytes(base64.b64decode(shot["data"]))

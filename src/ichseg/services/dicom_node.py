@@ -12,6 +12,17 @@ and that sends the answer back into the same study.
   (:func:`ichseg.infer.volume.predict_volume`) and sends the DICOM SEG and SR it wrote back
   to the destination by C-STORE. Both reference the source study, so they land in it.
 
+Each CT series is answered on its own. ``ichseg predict`` given a study folder reads one
+series (the axial one closest to 5 mm, soft-tissue kernel first:
+``ichseg.io.dicom._choose_series``); the node does not, because a study's series arrive
+independently and each is complete at its own time, so choosing among them would mean
+holding every series until the whole study had gone quiet and guessing when that is. A
+study pushed with, say, a 5 mm soft-tissue series and a 0.625 mm bone series therefore gets
+two SEG + SR pairs, each referencing its own series (a thin series is read as ~5 mm slabs;
+a bone-kernel one is predicted too, though the model was trained on soft-tissue images).
+To have one answer per study, route only the series you want to the node (e.g. an Orthanc
+Lua rule or a PACS routing rule on SeriesDescription or SliceThickness).
+
 The queue is on disk: killed at any moment, the node restarted on the same ``--store``
 finishes what it had received or queued. Nothing here imports training code.
 """

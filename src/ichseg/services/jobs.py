@@ -1,6 +1,9 @@
 """Jobs of the REST service, on disk: what was uploaded, its state, and where its answer is.
 
-A job is ``queued`` → ``running`` → ``done`` / ``failed``, or ``cancelled`` by DELETE. The
+A job is ``queued`` → ``running`` → ``done`` / ``failed``, or ``cancelled`` by DELETE. A
+job exists once its upload is stored and unpacked (a refused upload makes none). While it
+runs, its ``stage`` says which part of the work it is in (:data:`STAGES`): the worker
+sets it as it goes, so a client sees how far a job got, not a guessed percentage. The
 table lives in SQLite beside the uploads (``root/jobs.sqlite``), so a restarted server
 finds every job; :meth:`JobStore.recover` queues again the ones a dead process was running.
 Predictions go through one :class:`PredictionSlots` that the DICOM node shares when both run
@@ -36,6 +39,11 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 """
 ACTIVE = ("queued", "running")
+#: What a job is doing, in order: waiting; claimed by the worker, which loads the model if
+#: this is the process's first job and waits for a prediction slot; reading the input;
+#: running the model, which also writes its files (masks, NIfTI, SEG, SR, report); writing
+#: the viewer's slices; and the end state. A job not running reports its state (done, failed, cancelled) as its stage.
+STAGES = ("queued", "starting", "reading", "predicting", "writing", "done")
 
 
 class PredictionSlots:
@@ -59,6 +67,10 @@ class JobStore:
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
+            if "stage" not in columns:  # a store written before stages existed
+                db.execute("ALTER TABLE jobs ADD COLUMN stage TEXT")
+                db.execute("ALTER TABLE jobs ADD COLUMN stage_since REAL")
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -107,8 +119,29 @@ class JobStore:
             row = db.execute("SELECT * FROM jobs WHERE state = 'queued' ORDER BY created LIMIT 1").fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE jobs SET state = 'running', updated = ? WHERE id = ?", (time.time(), row["id"]))
+            now = time.time()
+            db.execute(
+                "UPDATE jobs SET state = 'running', stage = 'starting', stage_since = ?, updated = ? WHERE id = ?",
+                (now, now, row["id"]),
+            )
             return dict(row)
+
+    def set_stage(self, job_id: str, stage: str) -> None:
+        """Record the stage a running job reached; a job cancelled meanwhile keeps its state."""
+        assert stage in STAGES, stage
+        now = time.time()
+        with self._lock, self._db() as db:
+            db.execute(
+                "UPDATE jobs SET stage = ?, stage_since = ?, updated = ? WHERE id = ? AND state = 'running'",
+                (stage, now, now, job_id),
+            )
+
+    @staticmethod
+    def progress(job: dict[str, Any]) -> dict[str, Any]:
+        """``{"stage", "since"}`` of a job row: the recorded stage while it runs, else its state."""
+        if job.get("state") == "running" and job.get("stage"):
+            return {"stage": job["stage"], "since": job.get("stage_since")}
+        return {"stage": job.get("state"), "since": job.get("updated")}
 
     def set(self, job_id: str, state: str, *, error: str | None = None, kind: str | None = None, summary: Any = None) -> None:
         with self._lock, self._db() as db:
@@ -135,14 +168,15 @@ class JobStore:
 
 
 def run_job(store: JobStore, job: dict[str, Any], predict) -> None:
-    """Run one claimed job: ``predict(input_path, results_dir) -> (kind, summary)``. The answer
-    is written to a temporary folder and renamed into place, so a reader never sees half."""
+    """Run one claimed job: ``predict(input_path, results_dir, stage) -> (kind, summary)``,
+    where ``stage(name)`` records the stage the prediction reached. The answer is written to
+    a temporary folder and renamed into place, so a reader never sees half."""
     jid = job["id"]
     results = store.job_dir(jid) / "results"
     partial = store.job_dir(jid) / ".results-partial"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        kind, summary = predict(Path(job["input"]), partial)
+        kind, summary = predict(Path(job["input"]), partial, lambda name: store.set_stage(jid, name))
     except Exception as exc:  # the job fails, the service does not
         log.warning("job %s failed: %s", jid, exc)
         shutil.rmtree(partial, ignore_errors=True)

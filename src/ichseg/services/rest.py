@@ -4,7 +4,9 @@
   NIfTI) → 202 ``{"job_id": ...}``; 413 over the upload limit or for a zip bomb, 400 for a
   path that climbs out of the upload, 415 for another kind of file, 429 with Retry-After
   when the queue is full;
-- ``GET /v1/jobs`` and ``GET /v1/jobs/{id}`` (state, error, summary, result files);
+- ``GET /v1/jobs`` and ``GET /v1/jobs/{id}`` (state, ``progress`` — the stage a running
+  job is in and since when, :data:`ichseg.services.jobs.STAGES` — error, summary, result
+  files);
   ``GET /v1/jobs/{id}/files/{name}`` (one of those files); ``DELETE /v1/jobs/{id}``;
 - ``GET /healthz`` (no token); ``GET /`` the viewer (no token: it asks for one).
 
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ichseg.services.jobs import JobStore, PredictionSlots, run_job
-from ichseg.services.uploads import UploadError, safe_unzip, upload_kind
+from ichseg.services.uploads import BodyLimit, UploadError, safe_unzip, upload_kind
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ RESULT_FILES = (
     "predictions.json",
 )
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: What a multipart body may hold beyond the file itself (boundaries, part headers).
+ENVELOPE_BYTES = 1 << 20
 
 
 @dataclass
@@ -86,7 +90,7 @@ class Service:
         if self._worker is not None:
             self._worker.join(timeout=120)
 
-    def _predict(self, path: Path, out: Path):
+    def _predict(self, path: Path, out: Path, stage=None):
         from ichseg.services.runner import predict_any
 
         if self._bundle is None:
@@ -95,7 +99,7 @@ class Service:
 
             self._bundle = load_bundle(self.config.model_dir or default_model_dir(), runtime=self.config.runtime)
         with self.slots.slot():
-            return predict_any(self._bundle, path, out, head_check=self.config.head_check)
+            return predict_any(self._bundle, path, out, head_check=self.config.head_check, stage=stage)
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -119,7 +123,8 @@ class Service:
         results = self.jobs.job_dir(job["id"]) / "results"
         files = [n for n in RESULT_FILES if (results / n).is_file()] if job["state"] == "done" else []
         keep = ("id", "state", "kind", "error", "created", "updated")
-        return {**{k: job.get(k) for k in keep}, "summary": job.get("summary"), "files": files}
+        out = {k: job.get(k) for k in keep}
+        return {**out, "progress": JobStore.progress(job), "summary": job.get("summary"), "files": files}
 
 
 def create_app(service: Service):
@@ -136,6 +141,8 @@ def create_app(service: Service):
         service.stop()
 
     app = FastAPI(title="ichseg", version=_version(), lifespan=lifespan)
+    # counted as the body streams in: a chunked upload has no Content-Length to check
+    app.add_middleware(BodyLimit, path="/v1/studies", limit=service.config.max_upload_bytes + ENVELOPE_BYTES)
 
     def auth(request: Request) -> None:
         if not service.authorised(request.headers.get("authorization")):
@@ -152,11 +159,8 @@ def create_app(service: Service):
         return VIEWER_HTML
 
     @app.post("/v1/studies", status_code=202, dependencies=[Depends(auth)])
-    async def submit(request: Request, file: UploadFile) -> JSONResponse:
-        cfg = service.config
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > cfg.max_upload_bytes + (1 << 20):
-            raise HTTPException(413, f"upload over {cfg.max_upload_bytes} bytes")
+    async def submit(file: UploadFile) -> JSONResponse:
+        cfg = service.config  # a body over the limit never gets here: BodyLimit answered 413
         if service.jobs.active() >= cfg.max_active_jobs:
             return JSONResponse({"detail": "the queue is full; try again later"}, status_code=429, headers={"Retry-After": "30"})
         try:

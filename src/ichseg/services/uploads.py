@@ -5,7 +5,8 @@ Accepted: a ``.zip`` (a DICOM series, or a folder of slice images), or a ``.nii`
 absolute or climbs out (``../``), is a link, when there are too many members, or when it
 would expand beyond ``max_unpacked_bytes`` or by more than ``max_ratio`` (a zip bomb). The
 sizes are counted while extracting too, not only read from the zip's own headers, which
-may lie.
+may lie. :class:`BodyLimit` counts the request body itself as it arrives, so an upload
+that declares no Content-Length (a chunked one) is cut off at the limit too.
 """
 
 from __future__ import annotations
@@ -73,3 +74,75 @@ def safe_unzip(
                     out.write(chunk)
     entries = [e for e in dest.iterdir() if not e.name.startswith((".", "__MACOSX"))]
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a ``POST`` to ``path`` whose body grows past ``limit`` bytes is
+    answered 413 while it streams in. A Content-Length header can be checked before reading,
+    but a chunked upload declares none, and the handler's own count starts only after the
+    multipart parser has spooled the whole file to a temporary file; counting the raw
+    ``http.request`` messages stops it at the limit instead. The app never sees the rest:
+    its answer to the cut-short body is dropped and replaced by the 413. The remainder of
+    the body, up to ``drain`` bytes, is read and discarded first, because an HTTP client
+    sends its whole body before it reads, and a server that closes on unread data makes
+    the client see a reset connection, not the 413. A body whose Content-Length is already
+    over the limit is refused before any of it is read."""
+
+    def __init__(self, app, *, path: str, limit: int, drain: int = 64 << 20) -> None:
+        self.app, self.path, self.limit, self.drain = app, path, limit, drain
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") != self.path:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:  # said so up front: refused unread
+            await self._refuse(send, close=True)
+            return
+        received, over, more = 0, False, True
+
+        async def counted():
+            nonlocal received, over, more
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                more = bool(message.get("more_body", False))
+                if received > self.limit:
+                    over = True
+            elif message["type"] == "http.disconnect":
+                more = False
+            if over:
+                raise _BodyTooLarge
+            return message
+
+        async def guarded(message) -> None:
+            if not over:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not over:
+                raise
+        if not over:
+            return
+        drained = 0
+        while more and drained < self.drain:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away: nobody to answer
+            drained += len(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+        await self._refuse(send, close=more)
+
+    async def _refuse(self, send, *, close: bool) -> None:
+        body = f'{{"detail": "upload over {self.limit} bytes"}}'.encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if close:  # the body was not read to its end: this connection cannot carry another request
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -100,7 +100,8 @@ $("upload").onsubmit = async (ev) => {
 async function show(id) {
   current = id; refresh();
   const j = await json("/v1/jobs/" + id);
-  const d = $("detail"); d.replaceChildren(text(document.createElement("p"), "Job " + id + ": " + j.state + (j.error ? " — " + j.error : "")));
+  const d = $("detail"); d.replaceChildren(text(document.createElement("p"), "Job " + id + ": " + j.state +
+    (j.state === "running" && j.progress ? " (" + j.progress.stage + ")" : "") + (j.error ? " — " + j.error : "")));
   if (j.state !== "done") { $("viewer").hidden = true; if (j.state === "queued" || j.state === "running") setTimeout(() => current === id && show(id), 2000); return; }
   const s = j.summary || {};
   text($("verdict"), s.hemorrhage ? "Hemorrhage detected" : "No hemorrhage detected").className = "verdict " + (s.hemorrhage ? "pos" : "neg");
