@@ -182,6 +182,12 @@ def test_a_chunked_upload_over_the_limit_is_cut_off_while_it_streams(tmp_path: P
         )
         assert httpx.get(base + "/v1/jobs", headers=AUTH, timeout=10).json() == []
         assert not (tmp_path / "jobs").exists() or not list((tmp_path / "jobs").iterdir())
+        # without the token: 401 before the app (and its multipart parser) sees any of it
+        sent = 0
+        r = httpx.post(
+            base + "/v1/studies", content=body(), headers={"Content-Type": "multipart/form-data; boundary=xyz"}, timeout=60
+        )
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and not handled, r.text
         small = httpx.post(base + "/v1/studies", files={"file": ("a.zip", _zip_with("1.jpg", b"x"))}, headers=AUTH, timeout=60)
         assert small.status_code == 202 and len(handled) == 1  # the service serves on
     finally:

@@ -142,7 +142,10 @@ def create_app(service: Service):
 
     app = FastAPI(title="ichseg", version=_version(), lifespan=lifespan)
     # counted as the body streams in: a chunked upload has no Content-Length to check
-    app.add_middleware(BodyLimit, path="/v1/studies", limit=service.config.max_upload_bytes + ENVELOPE_BYTES)
+    # and an upload without the token is refused before its body is read
+    app.add_middleware(
+        BodyLimit, path="/v1/studies", limit=service.config.max_upload_bytes + ENVELOPE_BYTES, authorised=service.authorised
+    )
 
     def auth(request: Request) -> None:
         if not service.authorised(request.headers.get("authorization")):

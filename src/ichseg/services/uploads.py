@@ -11,6 +11,7 @@ that declares no Content-Length (a chunked one) is cut off at the limit too.
 
 from __future__ import annotations
 
+import json
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -90,16 +91,26 @@ class BodyLimit:
     the body, up to ``drain`` bytes, is read and discarded first, because an HTTP client
     sends its whole body before it reads, and a server that closes on unread data makes
     the client see a reset connection, not the 413. A body whose Content-Length is already
-    over the limit is refused before any of it is read."""
+    over the limit is refused before any of it is read.
 
-    def __init__(self, app, *, path: str, limit: int, drain: int = 64 << 20) -> None:
-        self.app, self.path, self.limit, self.drain = app, path, limit, drain
+    ``authorised`` (the service's token check on the Authorization header): an upload that
+    fails it is answered 401 before any of its body is read, so a client without the token
+    cannot make the server spool up to the limit."""
+
+    def __init__(self, app, *, path: str, limit: int, drain: int = 64 << 20, authorised=None) -> None:
+        self.app, self.path, self.limit, self.drain, self.authorised = app, path, limit, drain, authorised
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") != self.path:
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        headers = dict(scope.get("headers") or [])
+        if self.authorised is not None and not self.authorised(headers.get(b"authorization", b"").decode("latin-1") or None):
+            left = await self._discard(receive, True)  # read, never kept: the client then sees the 401
+            if left is not None:
+                await self._refuse(send, close=left, status=401, detail="missing or wrong bearer token")
+            return
+        declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:  # said so up front: refused unread
             await self._refuse(send, close=True)
             return
@@ -130,19 +141,29 @@ class BodyLimit:
                 raise
         if not over:
             return
+        more = await self._discard(receive, more)
+        if more is None:
+            return  # the client went away: nobody to answer
+        await self._refuse(send, close=more)
+
+    async def _discard(self, receive, more: bool) -> bool | None:
+        """Read and drop the rest of the body, up to ``drain`` bytes: whether some is left
+        unread (None: the client went away)."""
         drained = 0
         while more and drained < self.drain:
             message = await receive()
             if message["type"] != "http.request":
-                return  # the client went away: nobody to answer
+                return None
             drained += len(message.get("body", b""))
             more = bool(message.get("more_body", False))
-        await self._refuse(send, close=more)
+        return more
 
-    async def _refuse(self, send, *, close: bool) -> None:
-        body = f'{{"detail": "upload over {self.limit} bytes"}}'.encode()
+    async def _refuse(self, send, *, close: bool, status: int = 413, detail: str | None = None) -> None:
+        body = json.dumps({"detail": detail or f"upload over {self.limit} bytes"}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
         if close:  # the body was not read to its end: this connection cannot carry another request
             headers.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
