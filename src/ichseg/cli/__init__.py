@@ -1,4 +1,4 @@
-"""Command line: ``ichseg <command>``, one small module per command group (:mod:`.data`,
+"""Command line: ``ichseg <command>``, one small module per command group (:mod:`.data`, :mod:`.adapt`,
 :mod:`.training`, :mod:`.predict`, :mod:`.evaluation`, :mod:`.services`), shared options in :mod:`.options`."""
 
 from __future__ import annotations
