@@ -85,21 +85,3 @@ def test_ray_engine_on_a_two_node_cluster(cohort: Path, tmp_path: Path) -> None:
     finally:
         ray.shutdown()
         cluster.shutdown()
-
-
-def test_without_ray_installed_the_engine_says_how_to_get_it(monkeypatch, tmp_path: Path, cohort: Path) -> None:
-    import builtins
-
-    from ichseg.infer.ray_batch import INSTALL_HINT, predict_batch_ray
-
-    real = builtins.__import__
-
-    def no_ray(name, *a, **k):
-        if name == "ray" or name.startswith("ray."):
-            raise ImportError("No module named 'ray'")
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_ray)
-    with pytest.raises(ImportError, match="ichseg\\[ray\\]"):
-        predict_batch_ray(cohort, tmp_path / "o", tmp_path)
-    assert "pip install" in INSTALL_HINT

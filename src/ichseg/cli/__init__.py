@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_flush_denormal(True)
     _init_distributed(args)
     configure_logging(verbose=args.verbose, quiet=args.quiet)
-    from ichseg.errors import DatasetError
+    from ichseg.errors import DatasetError, EngineUnavailable
 
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, FileNotFoundError, ValueError) as exc:
+    except (DatasetError, EngineUnavailable, FileNotFoundError, ValueError) as exc:
         print(f"ichseg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
