@@ -95,12 +95,15 @@ def predict_batch_ray(
                 StudyPredictor,
                 fn_constructor_args=(model, runtime, threads, precision, str(out_root.resolve()), overlays),
                 batch_size=1,
-                concurrency=max(1, actors),
+                compute=ray.data.ActorPoolStrategy(size=max(1, actors)),
                 num_cpus=cpus_per_actor,
                 num_gpus=gpus_per_actor,
-                # passed to the actors as Ray remote options; Ray 2.64 drops them (pyproject caps it below)
+                # Ray remote options (``**ray_remote_args``): map_batches has no named parameters for
+                # them up to Ray 2.60, and Ray 2.64 removes ray_remote_args (pyproject caps Ray below
+                # it). Bounded on purpose: Ray Data's own default (-1) would retry forever a study
+                # that crashes its worker process; with 3 the run stops with Ray's error instead.
                 max_restarts=3,  # an actor lost with its node comes back ...
-                max_task_retries=3,  # ... and the study it held is run again
+                max_task_retries=3,  # ... and the studies it held are run again
             )
             for row in out.iter_rows():
                 row = dict(row)
