@@ -2,7 +2,8 @@
 
 From the top: ``cli`` → ``experiments`` → ``evaluate``/``infer``/``train`` → ``data``/
 ``models``/``report`` → ``io`` → the ground modules (``config``, ``files``, ``credits``,
-``errors``, ``hardware``, ``sample``). Inside a layer the packages do not import each other,
+``errors``, ``hardware``, ``sample``, and ``weights/``, the shipped model's files, no code).
+Inside a layer the packages do not import each other,
 except ``evaluate`` → ``infer`` (evaluation runs the inference it measures) and ``services``
 → ``infer`` (the hospital services run it); inference, evaluation and services never import
 training. Imports inside functions count (they are still
@@ -190,3 +191,18 @@ def test_a_long_module_says_why_in_its_docstring() -> None:
         if text.count("\n") > 400 and "Why it is long:" not in (ast.get_docstring(ast.parse(text)) or ""):
             long.append(f"{path.relative_to(SRC)}: {text.count(chr(10))} lines and no 'Why it is long:' in its docstring")
     assert not long, "\n".join(long)
+
+
+def test_the_readme_names_every_package_and_module() -> None:
+    """README's "How the code is laid out" names each package (``name/``) and module (``name``)."""
+    readme = (SRC.parent / "README.md").read_text()
+    section = readme.split("### How the code is laid out", 1)[1].split("\n## ", 1)[0]
+    missing = []
+    for mod, path in sorted(_modules().items()):
+        if mod == "ichseg":
+            continue
+        name = mod.rpartition(".")[2]
+        spelled = f"`{name}/`" if path.name == "__init__.py" else f"`{name}`"
+        if spelled not in section:
+            missing.append(f"{path.relative_to(SRC)} ({spelled})")
+    assert not missing, "README's layout paragraph does not name: " + ", ".join(missing)

@@ -1,4 +1,4 @@
-"""Command line: ``ichseg <command>``, one small module per command group (:mod:`.data`,
+"""Command line: ``ichseg <command>``, one small module per command group (:mod:`.data`, :mod:`.adapt`,
 :mod:`.training`, :mod:`.predict`, :mod:`.evaluation`, :mod:`.services`), shared options in :mod:`.options`."""
 
 from __future__ import annotations
@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_flush_denormal(True)
     _init_distributed(args)
     configure_logging(verbose=args.verbose, quiet=args.quiet)
-    from ichseg.errors import DatasetError
+    from ichseg.errors import DatasetError, EngineUnavailable
 
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, FileNotFoundError, ValueError) as exc:
+    except (DatasetError, EngineUnavailable, FileNotFoundError, ValueError) as exc:
         print(f"ichseg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

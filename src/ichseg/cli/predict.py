@@ -93,6 +93,10 @@ def _predict_batch(args: argparse.Namespace) -> int:
     """A folder of studies: a worker pool, one line per finished study, restartable."""
     from ichseg.infer.batch import predict_batch
 
+    if args.engine == "ray":
+        from ichseg.infer.ray_batch import require_ray
+
+        require_ray()  # without Ray: its install hint, before any progress bar
     bar = None
     if not args.no_progress:
         from tqdm import tqdm

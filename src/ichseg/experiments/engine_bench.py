@@ -55,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runtime", default="auto")
     p.add_argument("--out", type=Path, default=None, help="write the result here as JSON")
     args = p.parse_args(argv)
+    import ray
+
     from ichseg.experiments.workflow import hardware
 
-    result = run(args.data, args.studies, args.runtime) | {"hardware": hardware()}
+    result = run(args.data, args.studies, args.runtime) | {"hardware": {**hardware(), "ray": ray.__version__}}
     text = json.dumps(result, indent=1)
     if args.out:
         from ichseg.files import atomic_write_text

@@ -20,11 +20,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ichseg.errors import EngineUnavailable
 from ichseg.infer.batch import STUDY_FIELDS, batch_summary, done_rows, find_studies, predict_one_study
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'ichseg[ray]' (or pip install 'ray[data]')"
+
+
+def require_ray() -> Any:
+    """The ``ray`` module with Ray Data, or :class:`ichseg.errors.EngineUnavailable` saying how
+    to install it (Ray missing, or installed without its data extra)."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise EngineUnavailable(f"{INSTALL_HINT} ({exc})") from exc
+    return ray
 
 
 class StudyPredictor:
@@ -59,11 +71,9 @@ def predict_batch_ray(
     Ray on this machine (Ray's ``"local"``: left to itself, Ray would join any cluster still
     running on the machine, and then refuses resource arguments), "auto" joins the cluster this
     machine is part of, HOST:PORT a given head node. Joins (and leaves alone) a Ray already
-    initialised by the caller."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise ImportError(INSTALL_HINT) from exc
+    initialised by the caller. Raises :class:`ichseg.errors.EngineUnavailable` (with
+    :data:`INSTALL_HINT`) when Ray is not installed."""
+    ray = require_ray()
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     studies = find_studies(root)
@@ -85,12 +95,15 @@ def predict_batch_ray(
                 StudyPredictor,
                 fn_constructor_args=(model, runtime, threads, precision, str(out_root.resolve()), overlays),
                 batch_size=1,
-                concurrency=max(1, actors),
+                compute=ray.data.ActorPoolStrategy(size=max(1, actors)),
                 num_cpus=cpus_per_actor,
                 num_gpus=gpus_per_actor,
-                # passed to the actors as Ray remote options; Ray 2.64 drops them (pyproject caps it below)
+                # Ray remote options (``**ray_remote_args``): map_batches has no named parameters for
+                # them up to Ray 2.60, and Ray 2.64 removes ray_remote_args (pyproject caps Ray below
+                # it). Bounded on purpose: Ray Data's own default (-1) would retry forever a study
+                # that crashes its worker process; with 3 the run stops with Ray's error instead.
                 max_restarts=3,  # an actor lost with its node comes back ...
-                max_task_retries=3,  # ... and the study it held is run again
+                max_task_retries=3,  # ... and the studies it held are run again
             )
             for row in out.iter_rows():
                 row = dict(row)
