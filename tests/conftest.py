@@ -26,3 +26,18 @@ def tiny_data(_tiny_master: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(_tiny_master, dst)
     return dst
+
+
+def assert_figure(path: Path, min_bytes: int = 5_000, min_px: int = 100) -> None:
+    """``path`` is a figure: a PNG that decodes, at least ``min_px`` on each side and
+    ``min_bytes`` long, that is not one flat colour (a blank canvas)."""
+    import numpy as np
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name}: not a PNG"
+    assert path.stat().st_size >= min_bytes, f"{path.name}: {path.stat().st_size} bytes"
+    with Image.open(path) as im:
+        im.load()
+        pixels = np.asarray(im.convert("L"))
+    assert min(pixels.shape) >= min_px, f"{path.name}: {pixels.shape}"
+    assert np.unique(pixels).size >= 16, f"{path.name}: nearly flat"

@@ -281,10 +281,39 @@ def test_fold_ensemble_cv_resume_assemble_predict_evaluate_stress(
     assert again["jpeg|quality 20"] == kept and again["blur|σ 2 px"] == body["conditions"]["blur|σ 2 px"]
     assert json.loads(stress.read_text())["table"] == s["table"]
     assert {r["strength"] for r in s["table"]} == {"none", "mild", "strong"}
+    # values, not only keys: the unperturbed row is the CV's own pooled figure at the same
+    # point (cv-table's summary of the same fold JSONs)
+    none, pooled = s["table"][0], summary["pooled"]
+    assert s["operating_point"] == op and s["patients"] == 5 and s["normal_patients"] == pooled["normal_patients"]
+    for key, want in (
+        ("dice", pooled["pixel"]["dice_global"]),
+        ("recall", pooled["slice"]["recall"]),
+        ("precision", pooled["slice"]["precision"]),
+        ("scan_sensitivity", pooled["scan"]["sensitivity"]),
+        ("scan_specificity", pooled["scan"]["specificity"]),
+        ("fp_px_per_normal_patient", pooled["fp_px_per_normal_patient"]),
+    ):
+        assert (none[key] is None and want is None) or none[key] == pytest.approx(want, abs=1e-12), key
+    assert none["dice_change"] == 0
     for r in s["table"]:
-        for k in ("dice", "recall", "precision", "fp_px_per_normal_patient"):
-            assert k in r
-    assert s["table"][0]["dice_change"] == 0
+        assert all(r[k] is None or 0 <= r[k] <= 1 for k in ("dice", "recall", "precision", "scan_sensitivity"))
+        assert r["dice_change"] == pytest.approx(r["dice"] - none["dice"], abs=1e-12)
+    # every condition scores the same held-out slices with the same truth (only the input
+    # moved), every patient once; a strong perturbation changes what the members see
+    labels = ("patient_id", "slice", "hemorrhage", "true_area_px_512")
+    scored = []
+    for f in folds:
+        conds = json.loads((work / "stress" / "ens" / f"fold{f['fold']}.json").read_text())["conditions"]
+        assert set(conds) == {f"{name}|{level}" for name, level, _ in CONDITIONS}
+        base = conds["none|none"]
+        assert set(base["patient_id"]) == set(f["val_patients"])
+        assert all([c[k] for k in labels] == [base[k] for k in labels] for c in conds.values())
+        scored += base["patient_id"]
+        for key in ("noise|σ 8 grey", "blur|σ 2 px"):
+            assert conds[key]["max_probability"] != base["max_probability"], key
+    assert len(scored) == 5 * 8
+    fields = ("dice", "recall", "precision", "scan_specificity", "fp_px_per_normal_patient")
+    assert any(r[k] != none[k] for r in s["table"] if r["strength"] == "strong" for k in fields)
 
     # one network for the price of one: the rule the folds measured, trained on every
     # patient, at the same pooled out-of-fold point (no screening: there is one member)

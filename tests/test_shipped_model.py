@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import REAL_DATA, SMALL_PX
+from conftest import REAL_DATA, SMALL_PX, assert_figure
 from ichseg.cli import main
 from ichseg.config import ALL_HEADS
 from ichseg.data.synthetic import write_lesion_study
-from ichseg.infer.pipeline import classify, load_bundle, segment
+from ichseg.infer.pipeline import load_bundle
 from ichseg.infer.shipped import BUNDLE_FILES, PACKAGED_MODEL, default_model_dir
 
 MAX_MB = 40  # every weight file of the package together (safetensors and ONNX graphs)
@@ -39,34 +38,32 @@ def test_shipped_bundle_is_complete_small_and_credited() -> None:
         assert any("CT-ICH" in (c or "") for c in credits)
 
 
-def test_shipped_model_is_deterministic(bundle) -> None:
-    rng = np.random.default_rng(0)
-    u = bundle.unet_config
-    if bundle.classifier is not None:
-        c = bundle.classifier_config
-        x_c = rng.integers(0, 256, (2, c.in_channels, c.input_size_px, c.input_size_px), dtype=np.uint8)
-        assert np.array_equal(classify(bundle.classifier, x_c), classify(bundle.classifier, x_c))
-    x_u = rng.integers(0, 256, (2, u.in_channels, u.input_size_px, u.input_size_px), dtype=np.uint8)
-    tta = bundle.pipeline.tta_flip
-    assert np.array_equal(segment(bundle.unet, x_u, 64, tta_flip=tta), segment(bundle.unet, x_u, 64, tta_flip=tta))
-    # a fold ensemble loads as one network over all its members, each credited
-    if bundle.members > 1:
-        assert len(bundle.meta["unet"]["members_meta"]) == bundle.members
-        assert (bundle.screen is not None) == (bundle.pipeline.screen_threshold is not None)
+def test_shipped_ensemble_loads_with_every_member_credited(bundle) -> None:
+    # (determinism is checked across two fresh processes in the next test: two calls in one
+    # process would share whatever state a process carries)
+    assert bundle.members > 1 and bundle.classifier is None
+    assert len(bundle.meta["unet"]["members_meta"]) == bundle.members
+    assert (bundle.screen is not None) == (bundle.pipeline.screen_threshold is not None)
 
 
-def test_shipped_model_finds_an_obvious_bleed(tmp_path: Path) -> None:
+def test_shipped_model_finds_an_obvious_bleed_the_same_in_two_fresh_processes(tmp_path: Path) -> None:
     import subprocess
     import sys
 
     truth = write_lesion_study(tmp_path / "patient", seed=0, n_slices=3)
-    # through the CLI with no --model (the shipped model is the default), here and in a
-    # fresh process: the same outputs whatever the process
-    assert main(["predict", str(tmp_path / "patient"), "--out", str(tmp_path / "a"), "--no-overlays"]) == 0
-    cmd = [sys.executable, "-m", "ichseg.cli", "-q", "predict", str(tmp_path / "patient"), "--out", str(tmp_path / "b")]
-    assert subprocess.run([*cmd, "--no-overlays"], capture_output=True, timeout=300).returncode == 0
+    # through the CLI with no --model (the shipped model is the default), in two fresh
+    # interpreters: the same probabilities, verdicts, masks and volumes whatever the process
+    for run in ("a", "b"):
+        cmd = [sys.executable, "-m", "ichseg.cli", "-q", "predict", str(tmp_path / "patient"), "--out", str(tmp_path / run)]
+        proc = subprocess.run([*cmd, "--no-overlays"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = (json.loads((tmp_path / r / "predictions.json").read_text()) for r in ("a", "b"))
-    assert a["slices_detail"] == b["slices_detail"]
+    assert a["slices_detail"] == b["slices_detail"] and a["scan_probability"] == b["scan_probability"]
+    masks = sorted(p.name for p in (tmp_path / "a" / "masks").glob("*.png"))
+    assert len(masks) == 3
+    assert all((tmp_path / "a" / "masks" / m).read_bytes() == (tmp_path / "b" / "masks" / m).read_bytes() for m in masks)
+    sa, sb = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("a", "b"))
+    assert sa["lesions"] == sb["lesions"] and sa["total_volume_ml"] == sb["total_volume_ml"] > 0
     assert Path(a["model"]).resolve() == PACKAGED_MODEL.resolve()
     # the default runtime is the fastest graph runtime installed (the shipped graphs are current)
     from ichseg.infer.pipeline import AUTO_ORDER
@@ -100,7 +97,7 @@ def test_evaluate_defaults_to_shipped_model_and_counts_add_up(tiny_data: Path, t
         assert key in m["pixel"]
     assert m["patients_seen_in_training"] == []  # generated patients are not CT-ICH's
     for fig in ("confusion_matrix.png", "examples_unseen.png"):
-        assert (out / fig).exists()
+        assert_figure(out / fig)
 
 
 @pytest.mark.skipif(not REAL_DATA.exists(), reason="needs ../shared/ct-ich")
