@@ -126,6 +126,7 @@ def finetune(
     rehearse: Path | None = None,
     rehearse_patients: list[str] | None = None,
     rehearse_cache: Path | None = None,
+    cache_root: Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model_dir`` on ``data_dir`` into the bundle ``out_dir`` (see the module
     docstring); returns (and writes as ``out_dir/finetune.json``) the before/after scores.
@@ -134,7 +135,9 @@ def finetune(
     seeded stratified split (a check that swaps the halves passes its own); ``rehearse``
     is a dataset whose slices are mixed into the fine-tuning set (module docstring), limited
     to ``rehearse_patients`` when given (a check keeps its held-out patients out of it) and
-    preprocessed into ``rehearse_cache`` (default: inside the work folder)."""
+    preprocessed into ``rehearse_cache`` (default: inside the work folder); ``cache_root``
+    is where the site's own slices are preprocessed (default: inside the work folder; runs
+    on one site may share it)."""
     from ichseg.evaluate.report import ensure_caches, evaluate_records
     from ichseg.experiments.workflow import git_commit, hardware, load_arrays, prepare
     from ichseg.infer.pipeline import load_bundle
@@ -156,7 +159,8 @@ def finetune(
         val_fraction=ft.held_out_fraction,
         split_seed=ft.seed,
     )
-    prep = prepare(data_dir, work, run, skip_bad=skip_bad, progress=progress, expected_size_px=expected_size_px, split=split)
+    prep = prepare(data_dir, work, run, skip_bad=skip_bad, progress=progress, expected_size_px=expected_size_px, split=split,
+                   cache_root=cache_root)  # fmt: skip
     split = prep.split
     if not split["val"] or not split["train"]:
         raise ValueError(f"{data_dir}: too few patients to hold some out ({len(split['train']) + len(split['val'])})")

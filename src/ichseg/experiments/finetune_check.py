@@ -140,7 +140,9 @@ def run(
                 else {}
             )
             out = work / f"model-{v}-{t}"
-            r = finetune(model, site, out, ft, work_dir=work / f"finetune-work-{v}-{t}", split=split, **kw)
+            r = finetune(
+                model, site, out, ft, work_dir=work / f"finetune-work-{v}-{t}", split=split, cache_root=work / "site-cache", **kw
+            )
             runs[f"{v}-{t}"] = {k: r[k] for k in ("finetune_patients", "held_out_patients", "train_minutes", "rehearsal")}
             metrics = r.pop("_metrics")
             if v == variants[0]:
