@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=None, help="base bundle (default: the shipped model)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--samples-per-epoch", type=int, default=256)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--variants", default="plain,rehearsal", help="comma-separated: plain, rehearsal")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
