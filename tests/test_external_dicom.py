@@ -59,3 +59,50 @@ def test_other_modalities_and_body_parts_are_refused(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+# pydicom-data (the registry's `pydicom-data` package, pydicom's larger test files) holds the
+# same CQ500 head slice losslessly (uncompressed and JPEG 2000 lossless) and a real Enhanced
+# (multi-frame) CT: two frames of a skull-stripped perfusion map of a brain.
+def _data_store_folder(tmp_path: Path, name: str) -> Path:
+    data_store = pytest.importorskip("data_store")
+    src = Path(data_store.__file__).parent / "data" / name
+    if not src.exists():
+        pytest.skip(f"pydicom-data no longer ships {name}")
+    dst = tmp_path / Path(name).stem
+    dst.mkdir()
+    shutil.copy(src, dst / name)
+    return dst
+
+
+def test_the_lossless_cq500_slice_reads_the_same_hu_from_both_encodings(tmp_path: Path) -> None:
+    from ichseg.io.dicom import read_dicom_series
+
+    raw = read_dicom_series(_data_store_folder(tmp_path, "693_UNCR.dcm"))
+    j2k = read_dicom_series(_data_store_folder(tmp_path, "693_J2KR.dcm"))
+    assert raw.shape == (1, 512, 512) and raw.spacing_mm[1] == pytest.approx(0.478516)
+    assert (raw.hu == j2k.hu).all()  # JPEG 2000 lossless decodes to the stored pixels
+    assert 15 < float(abs(raw.hu[0, 200:300, 200:300].mean())) < 45  # brain, in HU
+
+
+def test_the_lossless_cq500_slice_is_predicted_with_one_consistent_verdict(tmp_path: Path) -> None:
+    folder = _data_store_folder(tmp_path, "693_UNCR.dcm")
+    assert main(["predict", str(folder), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["head_check"].startswith("skull around a brain on 1 of 1")
+    assert s["hemorrhage"] == bool(s["lesions"])
+    assert s["hemorrhage"] == (sum(lesion["volume_ml"] for lesion in s["lesions"]) > 0)
+
+
+def test_a_real_enhanced_ct_perfusion_map_is_read_and_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from ichseg.io.dicom import read_dicom_series
+
+    folder = _data_store_folder(tmp_path, "eCT_Supplemental.dcm")
+    vol = read_dicom_series(folder)  # multi-frame: one slice per frame, spacing from the functional groups
+    assert vol.shape == (2, 512, 512) and vol.spacing_mm[1] == pytest.approx(0.388672)
+    capsys.readouterr()
+    assert main(["predict", str(folder), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no skull around a brain on 2 of 2 slices" in err[0], err
