@@ -251,6 +251,7 @@ def test_rehearsal_subset_keeps_the_share_of_positive_slices() -> None:
     assert len(sub.labels) == 40 and int(sub.labels.sum()) == 10
     assert np.array_equal(sub.labels, data.labels[sub.images[:, 0, 0, 0]])  # rows stay together
     assert len(np.unique(sub.images)) == 40  # no slice drawn twice
+    assert sub.targets is not None and np.array_equal(sub.targets[:, 0], sub.labels)  # targets follow their rows
     assert rehearsal_subset(data, 500, seed=3) is data  # fewer than asked: all of it
     both = concat_arrays(data, sub)
     assert len(both.labels) == 140 and both.targets is not None and both.targets.shape == (140, 1)

@@ -96,8 +96,7 @@ def rehearsal_subset(data: Arrays, n_slices: int, seed: int) -> Arrays:
     pos, neg = np.flatnonzero(data.labels != 0), np.flatnonzero(data.labels == 0)
     k_pos = round(n_slices * len(pos) / n)
     keep = np.sort(np.concatenate([rng.choice(pos, k_pos, replace=False), rng.choice(neg, n_slices - k_pos, replace=False)]))
-    t = None if data.targets is None else data.targets[keep]
-    return Arrays(data.images[keep], data.masks[keep], data.labels[keep], t)
+    return data.take(keep)
 
 
 def held_out_scores(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -143,7 +143,7 @@ def subset_negatives(data: Arrays, max_negatives: int, seed: int) -> Arrays:
     keep = np.sort(
         np.concatenate([np.flatnonzero(data.labels != 0), np.random.default_rng(seed).choice(neg, max_negatives, replace=False)])
     )
-    return Arrays(data.images[keep], data.masks[keep], data.labels[keep], None if data.targets is None else data.targets[keep])
+    return data.take(keep)
 
 
 def train_stage(

@@ -53,6 +53,12 @@ class Arrays:
     def classifier_targets(self) -> np.ndarray:
         return self.targets if self.targets is not None else self.labels[:, None]
 
+    def take(self, keep: np.ndarray) -> Arrays:
+        """The rows ``keep`` (indices) of every array: one place that knows the fields, so a
+        subset never drops the classifier targets."""
+        targets = None if self.targets is None else self.targets[keep]
+        return Arrays(self.images[keep], self.masks[keep], self.labels[keep], targets)
+
 
 @dataclass
 class TrainResult:
