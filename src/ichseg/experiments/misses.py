@@ -69,15 +69,22 @@ def slice_index(data_dir: Path) -> dict[tuple[str, int], Any]:
     return {(r.patient_id, r.slice): r for r in index_dataset(data_dir).records}
 
 
-def misses(cfg_dir: Path, index: dict[tuple[str, int], Any]) -> dict[str, Any]:
-    """The missed slices of ``cfg_dir``'s pooled out-of-fold rows (``index``: :func:`slice_index`)."""
+def pooled_rows(cfg_dir: Path) -> list[dict[str, Any]]:
+    """Every out-of-fold slice row of ``cfg_dir``'s fold JSONs (loaded once per run: they
+    are large)."""
+    from ichseg.experiments.folds import load_member_folds
+
+    return [r for f in load_member_folds(cfg_dir) for r in f["rows"]]
+
+
+def misses(cfg_dir: Path, index: dict[tuple[str, int], Any], pooled: list[dict[str, Any]]) -> dict[str, Any]:
+    """The missed slices of ``cfg_dir``'s ``pooled`` out-of-fold rows (:func:`pooled_rows`;
+    ``index``: :func:`slice_index`)."""
     from ichseg.evaluate.oof import point_rule, slice_outcomes
     from ichseg.experiments.ensemble import summarize_members
-    from ichseg.experiments.folds import load_member_folds
 
     summary = summarize_members(cfg_dir)
     op = summary["operating_point"]
-    pooled = [r for f in load_member_folds(cfg_dir) for r in f["rows"]]
     o = slice_outcomes(pooled, *point_rule(op))
     rows = []
     for r, called in zip(pooled, o["verdict"], strict=True):
@@ -127,13 +134,11 @@ def write_overlays(result: dict[str, Any], index: dict[tuple[str, int], Any], ou
         cv2.imwrite(str(out / f"{row['patient_id']}_{row['slice']:03d}_{row['cause'].replace(' ', '-')}.png"), rgb)
 
 
-def patient_table(cfg_dir: Path, result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every bleeding patient at ``result``'s point: Dice, slices with blood and found, and
-    its missed slices by cause (from :func:`misses`'s rows), worst Dice first."""
+def patient_table(pooled: list[dict[str, Any]], result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every bleeding patient of ``pooled`` at ``result``'s point: Dice, slices with blood
+    and found, and its missed slices by cause (from :func:`misses`'s rows), worst Dice first."""
     from ichseg.evaluate.oof import patient_costs
-    from ichseg.experiments.folds import load_member_folds
 
-    pooled = [r for f in load_member_folds(cfg_dir) for r in f["rows"]]
     causes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for row in result["rows"]:
         causes[row["patient_id"]][row["cause"]] += 1
@@ -212,12 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     index = slice_index(a.data)
-    r = misses(a.cv, index)
+    pooled = pooled_rows(a.cv)
+    r = misses(a.cv, index, pooled)
     atomic_write_csv(a.out / "misses.csv", r["rows"])
     atomic_write_text(a.out / "misses.json", json.dumps({k: v for k, v in r.items() if k != "rows"}, indent=1) + "\n")
     if a.overlays is not None:
         write_overlays(r, index, a.overlays)
-    table = patient_table(a.cv, r)
+    table = patient_table(pooled, r)
     atomic_write_csv(a.out / "patients.csv", table)
     low = [t for t in table if t["dice"] is not None and t["dice"] < a.low_dice]
     if a.sheet is not None and low:
