@@ -175,6 +175,44 @@ def test_an_anonymised_export_is_predicted_without_a_seg_it_could_not_cite(strai
     assert (tmp_path / "ref" / "segmentation.dcm").exists()
 
 
+def test_an_export_stripped_of_type2_patient_fields_still_gets_its_seg_and_sr(straight: Path, tmp_path: Path) -> None:
+    """rsna-anonymizer's real head series lacks PatientBirthDate (deleted, not emptied);
+    highdicom copies it into the SEG and stopped with an AttributeError. It also says it
+    was made with contrast: the answer carries that caution."""
+    out = []
+    for ds in _slices(straight):
+        for k in ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "AccessionNumber", "StudyID"):
+            if k in ds:
+                delattr(ds, k)
+        ds.ContrastBolusAgent = "CONTRAST"
+        out.append(ds)
+    folder = _save(out, tmp_path / "stripped")
+    got = _predict(folder, tmp_path / "out")
+    seg = dcmread(tmp_path / "out" / "segmentation.dcm")
+    assert seg.PatientBirthDate == "" and (tmp_path / "out" / "measurements.dcm").exists()
+    assert "PatientBirthDate" not in dcmread(next(folder.iterdir()))  # the inputs are left as they were
+    assert len(got["cautions"]) == 1 and "contrast-enhanced" in got["cautions"][0]
+    assert "contrast-enhanced" in (tmp_path / "out" / "report.html").read_text()
+    assert _predict(straight, tmp_path / "ref")["cautions"] == []
+
+
+def test_blank_instance_and_series_uids_read_from_the_file_meta(straight: Path, tmp_path: Path) -> None:
+    """TotalSegmentator's real DICOM test series has empty SOPInstanceUID and
+    SeriesInstanceUID elements (the UID survives in the file meta): it was refused as a
+    "truncated or incomplete DICOM header"."""
+    from ichseg.io.dicom import read_dicom_series
+
+    folder = tmp_path / "blank"
+    folder.mkdir()
+    for k, ds in enumerate(_slices(straight)):
+        ds.SOPInstanceUID = ""
+        ds.SeriesInstanceUID = ""
+        ds.save_as(folder / f"{k:03d}.dcm")
+    vol = read_dicom_series(folder)
+    assert vol.shape[0] == len(list(straight.iterdir()))
+    assert vol.sop_instance_uids == [str(dcmread(f).file_meta.MediaStorageSOPInstanceUID) for f in vol.files]
+
+
 def test_an_enhanced_multiframe_ct_gives_the_masks_of_its_single_frame_series(straight: Path, tmp_path: Path) -> None:
     """The sample converted by highdicom into one Legacy Converted Enhanced CT instance
     (every slice a frame, geometry and rescale in functional groups)."""

@@ -80,6 +80,8 @@ def _predict_volume(args: argparse.Namespace, kind: str) -> int:
         print(f"  lesion {les['label']}: {les['volume_ml']:.2f} mL (ABC/2 {les['abc2_ml']:.2f} mL), slices {les['slices']}{sub}")
     if s.get("review_slices"):
         print(f"for review (the slice head suspects blood, nothing outlined): slices {s['review_slices']}")
+    for caution in s.get("cautions", []):
+        print(f"caution: {caution}")
     # the answer last
     print(
         f"{kind} {volume.shape[0]} slices, {s['spacing_mm'][1]:.2f}×{s['spacing_mm'][2]:.2f}×{s['spacing_mm'][0]:.1f} mm: "

@@ -78,6 +78,8 @@ def write_report(
             f"scan sensitivity ({how})": _round(cv["scan"]["sensitivity"]),
             f"scan specificity ({how})": _round(cv["scan"]["specificity"]),
         }
+    if summary.get("cautions"):
+        info["limitations"] = list(summary["cautions"])
     report = {**summary, "slice_threshold": bundle.pipeline.head_threshold}
     write_report_html(
         out_dir / "report.html",
@@ -91,6 +93,22 @@ def write_report(
         from ichseg.report.pdf import write_report_pdf
 
         write_report_pdf(out_dir / "report.html", out_dir / "report.pdf")
+
+
+def study_cautions(volume: Any) -> list[str]:
+    """What the reader of this study's answer must know about the input itself, from its
+    header: today, that it was acquired with contrast. Iodinated contrast makes vessels,
+    dural sinuses and enhancing tissue as bright as fresh blood, and the model learned only
+    from non-contrast head CT (on a real contrast-enhanced head from outside CT-ICH it
+    outlined enhancing structures; docs/RESULTS.md)."""
+    out = []
+    agent = (getattr(volume, "extra", None) or {}).get("contrast_agent")
+    if agent:
+        out.append(
+            f"contrast-enhanced series (ContrastBolusAgent '{agent}'): the model is for non-contrast head CT; "
+            "enhancing vessels and dura can be outlined as blood"
+        )
+    return out
 
 
 def bundle_subtype_thresholds(bundle: Bundle) -> dict[str, float | None]:

@@ -26,7 +26,14 @@ import numpy as np
 from ichseg.data.frame import frame_for, from_frame, model_pixel_mm, to_frame
 from ichseg.data.slabs import average_slabs, slab_index, slab_thickness_mm
 from ichseg.files import atomic_write_csv, atomic_write_png, atomic_write_text
-from ichseg.infer.clinical import LESION_MERGE_GAP_MM, bundle_subtype_thresholds, lesion_json, study_label, write_report
+from ichseg.infer.clinical import (
+    LESION_MERGE_GAP_MM,
+    bundle_subtype_thresholds,
+    lesion_json,
+    study_cautions,
+    study_label,
+    write_report,
+)
 from ichseg.infer.pipeline import Bundle
 from ichseg.infer.study import StudyPrediction
 from ichseg.io.volume import Volume
@@ -143,6 +150,7 @@ def predict_volume(
         "review_slices": [k + 1 for k in range(n) if len(pred.review) and pred.review[k]],
         "spacing_mm": list(volume.spacing_mm),
         "series_choice": volume.extra.get("series_choice"),
+        "cautions": study_cautions(volume),
         "head_check": head.reason if head is not None else "skipped (--no-head-check)",
         "slabs": slabs_info,
         "model": str(bundle.path),

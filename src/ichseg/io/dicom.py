@@ -151,7 +151,9 @@ def _read_header(path: Path) -> _Header | None:
             log.warning("%s: DICOMDIR (a directory index, not an image); skipped", path)
             return None
         series_uid = str(ds.get("SeriesInstanceUID", "") or "")
-        sop_uid = str(ds.get("SOPInstanceUID", "") or "") or None
+        # an empty SOPInstanceUID (some anonymisers blank it) is still named in the file meta
+        media_uid = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "")) if hasattr(ds, "file_meta") else ""
+        sop_uid = str(ds.get("SOPInstanceUID", "") or "") or media_uid or None
         looks_like_image = all(k in ds for k in ("Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient"))
         if not has_magic and (sop_uid is None or not (series_uid or looks_like_image)):
             log.warning("%s: not a DICOM file; skipped", path)
@@ -166,6 +168,8 @@ def _read_header(path: Path) -> _Header | None:
             orient = ",".join(f"{float(v):.3f}" for v in ds.ImageOrientationPatient)
             series_uid = f"no-uid:{path.parent}|{ds.Rows}x{ds.Columns}|{orient}|{ds.get('PixelSpacing', '')}"
             anonymous = True
+        if sop_uid is None and anonymous and has_magic:  # no UID anywhere: the file stands for itself (no SEG cites it)
+            sop_uid = f"no-uid:{path}"
         modality = str(ds.get("Modality", "") or "")
         image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or []))
         rows, columns = ds.get("Rows"), ds.get("Columns")
@@ -560,6 +564,9 @@ def read_dicom_series(folder: Path | str, series_uid: str | None = None) -> Volu
     first = series[0]
     n = len(series)
     extra: dict[str, Any] = {"series_choice": why}
+    agent = " ".join(str(v) for v in _as_list(datasets[0].get("ContrastBolusAgent"))).strip()
+    if agent:  # the model is for non-contrast head CT: said with the answer (infer.clinical.study_cautions)
+        extra["contrast_agent"] = agent
     if n > 1:
         step = (series[-1].position - first.position) / (n - 1)
         slice_spacing = float(np.median(np.diff(z)))

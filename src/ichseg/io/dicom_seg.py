@@ -99,6 +99,36 @@ def index_to_patient_affine(source_datasets: Sequence[Dataset]) -> np.ndarray:
     return affine
 
 
+# Patient and study attributes that highdicom copies from the first source into a SEG or SR.
+# They are type 2 in a CT image (present, possibly empty), but anonymisers often delete them
+# outright; highdicom then stops with an AttributeError.
+TYPE2_COPIED = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
+)  # fmt: skip
+
+
+def with_type2_attributes(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """``datasets`` where each lacking one of :data:`TYPE2_COPIED` is replaced by a copy that
+    holds it empty (the value DICOM gives an unknown type-2 attribute). The inputs are not
+    changed: a writer takes what it writes as arguments and leaves them as they were."""
+    import pydicom
+
+    out = []
+    for ds in datasets:
+        missing = [k for k in TYPE2_COPIED if k not in ds]
+        if missing:
+            copy = pydicom.Dataset()
+            for element in ds:
+                copy.add(element)
+            copy.file_meta = getattr(ds, "file_meta", pydicom.Dataset())
+            for k in missing:
+                setattr(copy, k, "")
+            ds = copy
+        out.append(ds)
+    return out
+
+
 def _check_inputs(mask: np.ndarray, source_datasets: Sequence[Dataset]) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 3:
@@ -141,6 +171,7 @@ def write_segmentation(
     import highdicom as hd
 
     mask = _check_inputs(mask, source_datasets)
+    source_datasets = with_type2_attributes(source_datasets)
     c = _codes()
     algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name, version=algorithm_version, family=c["ai"])
     description = hd.seg.SegmentDescription(
@@ -303,7 +334,7 @@ def write_measurements_sr(
     )
     report = hd.sr.MeasurementReport(observation_context=observer, procedure_reported=c["procedure"], imaging_measurements=groups)
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*source_datasets, seg_dataset],
+        evidence=[*with_type2_attributes(source_datasets), seg_dataset],
         content=report,
         series_instance_uid=hd.UID(),
         series_number=series_number,
