@@ -1,0 +1,252 @@
+"""Real CT from outside CT-ICH, as the package registries ship it, through ``ichseg predict``.
+
+CT-ICH's JPGs all went through one export; a hospital's scanner gives other textures,
+kernels, pixel sizes and headers. These are the real (scanner-acquired) CT series found
+inside packages on the registries this project may use (PyPI source distributions: their
+wheels leave the data out). None has a hemorrhage label, so what is measured is what a
+user would see: is the series read, is it refused when it is not a head, and what does the
+model answer on a head that, as far as a reader can tell, does not bleed.
+
+``python -m ichseg.experiments.external --fetch runs/external`` downloads the source
+distributions (``pip download``, registries only) and extracts the cases; ``--model M --out
+results/external/<name>`` predicts each with bundle M (default: the shipped model) and
+writes ``external.json`` and ``external.md``; overlays stay under ``--work`` (default
+``runs/external/out``), never in the repository (the series keep their packages' licences).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ichseg.files import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One real series inside a registry package's source distribution."""
+
+    name: str
+    package: str  # on PyPI, pinned
+    version: str
+    member: str  # path inside the sdist below its top folder: a series folder or a NIfTI file
+    licence: str
+    what: str  # what a reader sees in it (no label exists)
+    head: bool  # a head CT the model should answer on (False: it must be refused)
+
+
+CASES = (
+    Case(
+        "rsna-head-contrast", "rsna-anonymizer", "19.0.10",
+        "tests/controller/assets/test_dcm_files/CT_Head_With_Contrast", "Apache-2.0",
+        "axial head CT with IV contrast, a 5-year-old, 34 slices of 5 mm, Philips Brilliance 64, "
+        "lossy JPEG 2000; no bleed visible",
+        True,
+    ),
+    Case(
+        "dicom2stl-head", "dicom2stl", "0.5.0", "examples/Data/ct_head.nii.gz", "MIT",
+        "adult head CT as NIfTI, neck to vertex, 95 slices of 2.5 mm at 1.01 mm pixels (resampled); "
+        "no bleed visible",
+        True,
+    ),
+    Case(
+        "dicom2stl-example", "dicom2stl", "0.5.0", "examples/Data/ct_example.nii.gz", "MIT",
+        "adult head CT as NIfTI, 26 slices of 4 mm at 1.25 mm pixels, a hypodense temporal lesion; "
+        "no hyperdense bleed visible",
+        True,
+    ),
+    Case(
+        "totalsegmentator-abdomen", "totalsegmentator", "2.18.0", "tests/reference_files/example_ct_dicom",
+        "Apache-2.0", "upper-abdomen CT (liver, spleen), 20 slices, Siemens, blank UIDs", False,
+    ),
+)  # fmt: skip
+
+
+def fetch(dest: Path) -> Path:
+    """Download each package's source distribution into ``dest/sdist`` and extract every
+    case to ``dest/<case name>`` (kept if already there)."""
+    dest = Path(dest)
+    sdists = dest / "sdist"
+    sdists.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PIP_CONSTRAINT": ""}  # a machine-wide constraints file must not veto old pins
+    for pkg, ver in sorted({(c.package, c.version) for c in CASES}):
+        if any(sdists.glob(f"{pkg.replace('-', '?')}-{ver}.tar.gz")):
+            continue
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q"]
+        subprocess.run([*pip, f"{pkg}=={ver}", "-d", str(sdists)], check=True, env=env)
+    for case in CASES:
+        target = dest / case.name
+        if target.exists():
+            continue
+        (archive,) = sdists.glob(f"{case.package.replace('-', '?')}-{case.version}.tar.gz")
+        with tarfile.open(archive) as tar:
+            top = tar.getnames()[0].split("/")[0]
+            prefix = f"{top}/{case.member}"
+            members = [m for m in tar.getmembers() if m.isfile() and (m.name == prefix or m.name.startswith(prefix + "/"))]
+            if not members:
+                raise FileNotFoundError(f"{archive}: no {case.member}")
+            tmp = dest / f".{case.name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tar.extractall(tmp, members=members, filter="data")
+            src = tmp / prefix
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                src.rename(target)
+            else:
+                target.mkdir()
+                src.rename(target / src.name)
+            shutil.rmtree(tmp)
+    return dest
+
+
+def case_input(dest: Path, case: Case) -> Path:
+    """What ``ichseg predict`` is given: the series folder, or the NIfTI file."""
+    folder = Path(dest) / case.name
+    files = list(folder.glob("*.nii.gz"))
+    return files[0] if len(files) == 1 and len(list(folder.iterdir())) == 1 else folder
+
+
+def run_case(dest: Path, case: Case, model: Path | None, work: Path) -> dict[str, Any]:
+    """``ichseg predict`` on one case in a child process, as a user runs it: its exit
+    status, last line, and the summary's verdict, volume and lesions."""
+    out = Path(work) / case.name
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "ichseg.cli", "predict", str(case_input(dest, case)), "--out", str(out), "--no-progress"]
+    if model is not None:
+        cmd += ["--model", str(model)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = (done.stdout.strip() or done.stderr.strip()).splitlines()
+    row: dict[str, Any] = {**asdict(case), "exit": done.returncode, "answer": lines[-1] if lines else ""}
+    summary = out / "summary.json"
+    if done.returncode == 0 and summary.exists():
+        s = json.loads(summary.read_text())
+        row.update(
+            hemorrhage=s["hemorrhage"],
+            scan_probability=s["scan_probability"],
+            total_volume_ml=s["total_volume_ml"],
+            lesions=len(s["lesions"]),
+            positive_slices=len(s["positive_slices"]),
+            slices=s["slices"],
+            head_check=s["head_check"],
+            cautions=s.get("cautions", []),
+            outputs=s["outputs"],
+        )
+    return row
+
+
+def rim_excess_hu(hu: Any, pixel_mm: float) -> float | None:
+    """Median HU of the 0.5-3 mm band just inside the skull minus that of deep brain (> 15 mm
+    from the skull, 15-60 HU), median over the slices that show a closed skull ring: how
+    much brighter than brain the inner table's partial-volume and beam-hardening rim reads,
+    which a thin extra-axial bleed also does. None without such slices."""
+    import cv2
+    import numpy as np
+
+    out = []
+    for s in np.asarray(hu, np.float32):
+        bone = np.ascontiguousarray(s > 300, dtype=np.uint8)
+        contours, _ = cv2.findContours(bone, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        filled = np.zeros_like(bone)
+        cv2.drawContours(filled, contours, -1, 1, cv2.FILLED)
+        cavity = (filled > 0) & (bone == 0)
+        if cavity.sum() * pixel_mm**2 < 2500:  # < 25 cm²: no brain cross-section worth measuring
+            continue
+        depth_mm = cv2.distanceTransform(cavity.astype(np.uint8), cv2.DIST_L2, 3) * pixel_mm
+        soft = (s > -100) & (s < 200)
+        band = cavity & soft & (depth_mm > 0.5) & (depth_mm <= 3.0)
+        deep = cavity & (depth_mm > 15) & (s > 15) & (s < 60)
+        if band.sum() >= 50 and deep.sum() >= 500:
+            out.append(float(np.median(s[band]) - np.median(s[deep])))
+    return float(np.median(out)) if out else None
+
+
+def case_rim(dest: Path, case: Case) -> float | None:
+    """:func:`rim_excess_hu` of a head case, read as ``ichseg predict`` reads it."""
+    path = case_input(dest, case)
+    if path.is_dir():
+        from ichseg.io.dicom import read_dicom_series
+
+        vol = read_dicom_series(path)
+    else:
+        from ichseg.io.nifti import read_nifti
+
+        vol = read_nifti(path)
+    return rim_excess_hu(vol.hu, float(vol.pixel_spacing[0]))
+
+
+def _hu(v: float | None) -> str:
+    return "" if v is None else f"{v:+.0f}"
+
+
+def table_md(rows: list[dict[str, Any]], model: str) -> str:
+    lines = [
+        f"Model: {model}. Real CT from registry packages (no hemorrhage labels; see `ichseg.experiments.external`).",
+        "",
+        "| case | package | what it is | answer | positive slices | volume mL | lesions | inner-table rim, HU over brain |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["exit"] == 0:
+            answer = "HEMORRHAGE" if r["hemorrhage"] else "no hemorrhage"
+            answer += f" ({r['scan_probability']:.2f})" + ("; contrast caution" if r.get("cautions") else "")
+            lines.append(
+                f"| {r['name']} | {r['package']} {r['version']} | {r['what']} | {answer} | "
+                f"{r['positive_slices']} of {r['slices']} | {r['total_volume_ml']:.1f} | {r['lesions']} | "
+                f"{_hu(r.get('rim_hu'))} |"
+            )
+        else:
+            refused = f"refused (exit {r['exit']}): {r['answer']}"
+            lines.append(f"| {r['name']} | {r['package']} {r['version']} | {r['what']} | {refused} | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--fetch", type=Path, required=True, help="where the packages are downloaded and the cases extracted")
+    p.add_argument("--model", type=Path, default=None, help="model bundle (default: the shipped model)")
+    p.add_argument("--out", type=Path, default=None, help="external.json and external.md (omit: fetch only)")
+    p.add_argument("--work", type=Path, default=None, help="the predictions' folders (default: <fetch>/out)")
+    p.add_argument("--rim-data", type=Path, default=None, help="a CT-ICH folder: also the rim of --rim-patients")
+    p.add_argument("--rim-patients", default="", help="comma-separated CT-ICH patient IDs (e.g. normal ones)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    dest = fetch(a.fetch)
+    if a.out is None:
+        print(f"{len(CASES)} cases in {dest}")
+        return 0
+    rows = [run_case(dest, c, a.model, a.work or dest / "out") for c in CASES]
+    for c, r in zip(CASES, rows, strict=True):
+        r["rim_hu"] = case_rim(dest, c) if c.head else None
+    rims: dict[str, float | None] = {}
+    if a.rim_data is not None and a.rim_patients:
+        from ichseg.data.convert import ctich_volume
+
+        for pid in a.rim_patients.split(","):
+            vol, _, _ = ctich_volume(a.rim_data / "Patients_CT" / pid)
+            rims[pid] = rim_excess_hu(vol.hu, float(vol.pixel_spacing[0]))
+    model = str(a.model) if a.model is not None else "the shipped model"
+    a.out.mkdir(parents=True, exist_ok=True)
+    result = {"model": model, "cases": rows, "ct_ich_rim_hu": rims}
+    atomic_write_text(a.out / "external.json", json.dumps(result, indent=1) + "\n")
+    md = table_md(rows, model)
+    if rims:
+        md += "\nInner-table rim of CT-ICH patients, HU over deep brain: " + ", ".join(f"{k} {_hu(v)}" for k, v in rims.items())
+        md += "\n"
+    atomic_write_text(a.out / "external.md", md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
