@@ -185,6 +185,46 @@ def case_rim(dest: Path, case: Case) -> float | None:
     return rim_excess_hu(vol.hu, float(vol.pixel_spacing[0]))
 
 
+def coarse_pixels(volume: Any, pixel_mm: float) -> Any:
+    """``volume`` as a scanner with ``pixel_mm`` pixels would have stored it (area-averaged
+    down, the affine scaled to match): do coarse pixels alone make a normal head bleed?"""
+    import cv2
+    import numpy as np
+
+    from ichseg.io.volume import Volume
+
+    f = volume.pixel_spacing[0] / pixel_mm
+    h, w = volume.hu.shape[1:]
+    size = (round(w * f), round(h * f))
+    hu = np.stack([cv2.resize(s, size, interpolation=cv2.INTER_AREA) for s in volume.hu.astype(np.float32)])
+    a = volume.affine_ras.copy()
+    a[:3, 0] *= pixel_mm / volume.pixel_spacing[1]
+    a[:3, 1] *= pixel_mm / volume.pixel_spacing[0]
+    return Volume(hu, (volume.spacing_mm[0], pixel_mm, pixel_mm), a, source=f"{volume.source} at {pixel_mm:g} mm", modality="CT")
+
+
+def coarse_check(data: Path, patients: list[str], model: Path | None, work: Path, pixels_mm=(0.7, 1.0)) -> list[dict]:
+    """Each CT-ICH patient as stored and at each of ``pixels_mm``: verdict, mL, lesions."""
+    from ichseg.data.convert import ctich_volume
+    from ichseg.infer.pipeline import load_bundle
+    from ichseg.infer.shipped import default_model_dir
+    from ichseg.infer.volume import predict_volume
+
+    bundle = load_bundle(Path(model) if model else default_model_dir(), runtime="auto", precision="fp32")
+    out = []
+    for pid in patients:
+        vol, truth, _ = ctich_volume(Path(data) / "Patients_CT" / pid)
+        for mm in (None, *pixels_mm):
+            v = vol if mm is None else coarse_pixels(vol, mm)
+            s = predict_volume(bundle, v, Path(work) / f"coarse-{pid}-{mm}", head_check=False)
+            out.append(
+                {"patient": pid, "labelled_px": int(truth.sum()), "pixel_mm": mm or float(vol.pixel_spacing[0]),
+                 "hemorrhage": s["hemorrhage"], "scan_probability": s["scan_probability"],
+                 "total_volume_ml": s["total_volume_ml"], "lesions": len(s["lesions"])}
+            )  # fmt: skip
+    return out
+
+
 def _hu(v: float | None) -> str:
     return "" if v is None else f"{v:+.0f}"
 
@@ -219,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=None, help="the predictions' folders (default: <fetch>/out)")
     p.add_argument("--rim-data", type=Path, default=None, help="a CT-ICH folder: also the rim of --rim-patients")
     p.add_argument("--rim-patients", default="", help="comma-separated CT-ICH patient IDs (e.g. normal ones)")
+    p.add_argument("--coarse", action="store_true", help="also predict --rim-patients at 0.7 and 1.0 mm pixels")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     dest = fetch(a.fetch)
@@ -235,13 +276,23 @@ def main(argv: list[str] | None = None) -> int:
         for pid in a.rim_patients.split(","):
             vol, _, _ = ctich_volume(a.rim_data / "Patients_CT" / pid)
             rims[pid] = rim_excess_hu(vol.hu, float(vol.pixel_spacing[0]))
+    coarse = []
+    if a.coarse and a.rim_data is not None and a.rim_patients:
+        coarse = coarse_check(a.rim_data, a.rim_patients.split(","), a.model, a.work or dest / "out")
     model = str(a.model) if a.model is not None else "the shipped model"
     a.out.mkdir(parents=True, exist_ok=True)
-    result = {"model": model, "cases": rows, "ct_ich_rim_hu": rims}
+    result = {"model": model, "cases": rows, "ct_ich_rim_hu": rims, "ct_ich_coarse_pixels": coarse}
     atomic_write_text(a.out / "external.json", json.dumps(result, indent=1) + "\n")
     md = table_md(rows, model)
     if rims:
         md += "\nInner-table rim of CT-ICH patients, HU over deep brain: " + ", ".join(f"{k} {_hu(v)}" for k, v in rims.items())
+        md += "\n"
+    if coarse:
+        md += "\nCT-ICH patients at coarser pixels (patient, pixel mm: verdict, mL): "
+        md += "; ".join(
+            f"{c['patient']} {c['pixel_mm']:.2f}: {'HEMORRHAGE' if c['hemorrhage'] else 'negative'}, {c['total_volume_ml']:.1f}"
+            for c in coarse
+        )
         md += "\n"
     atomic_write_text(a.out / "external.md", md)
     print(md)
