@@ -118,3 +118,46 @@ def test_scanner_augmentation_is_seeded_and_leaves_the_mask() -> None:
     assert 0.0 <= a_i.min() and a_i.max() <= 1.0
     with pytest.raises(ValueError, match="strong_intensity"):
         build_augmenter(TrainConfig(scanner=True))
+
+
+def _head_channels() -> np.ndarray:
+    """(6, 128, 128): bone and brain windows of three identical slices, a skull ring of
+    radius 50-55 px around soft tissue."""
+    import cv2
+
+    img = np.zeros((6, 128, 128), np.float32)
+    for ch in (0, 2, 4):  # bone window: skull bright, soft tissue at 0.3
+        cv2.circle(img[ch], (64, 64), 55, 0.8, -1)
+        cv2.circle(img[ch], (64, 64), 50, 0.3, -1)
+    for ch in (1, 3, 5):  # brain window: brain at 0.45
+        cv2.circle(img[ch], (64, 64), 50, 0.45, -1)
+    return img
+
+
+def test_skull_rim_brightens_brain_next_to_the_inner_table_only() -> None:
+    from ichseg.data.scanner import skull_rim_float
+
+    img = _head_channels()
+    out = skull_rim_float(img, [1, 3, 5], 2, excess=0.2, width_px=3.0)
+    assert np.array_equal(out[[0, 2, 4]], img[[0, 2, 4]])  # the bone windows are untouched
+    gain = out[3] - img[3]
+    assert gain[64, 14] == pytest.approx(0.2 * np.exp(-1 / 3), abs=0.01)  # 1 px inside the inner table
+    assert gain[64, 24] < 0.1 * gain[64, 14] and gain[64, 64] == pytest.approx(0.0, abs=1e-6)  # 11 px in, centre
+    assert (gain >= 0).all() and not np.array_equal(out, img)
+    assert skull_rim_float(np.zeros_like(img), [1, 3, 5], 2, 0.2, 3.0).max() == 0.0  # no skull: unchanged
+
+
+def test_the_rim_needs_both_windows_and_the_scanner_augmentation() -> None:
+    from ichseg.config import TrainConfig
+    from ichseg.train.augment import build_augmenter
+    from ichseg.train.scanner_aug import RandScannerd
+
+    with pytest.raises(ValueError, match="brain and bone windows"):
+        RandScannerd(prob_rim=0.3, windows=("brain",))
+    with pytest.raises(ValueError, match="set scanner too"):
+        build_augmenter(TrainConfig(skull_rim=0.3, strong_intensity=True), ("bone", "brain"))
+    t = RandScannerd(prob_jpeg=0, prob_sharp=0, prob_noise=0, prob_rim=1.0, windows=("bone", "brain"))
+    t.set_random_state(0)
+    img = _head_channels()
+    out = t({"image": img, "mask": np.ones((1, 128, 128), np.float32)})
+    assert (out["image"][[1, 3, 5]] > img[[1, 3, 5]]).any() and out["mask"].all()

@@ -21,7 +21,7 @@ from ichseg.config import TrainConfig
 from ichseg.train.scanner_aug import RandScannerd
 
 
-def build_augmenter(config: TrainConfig) -> Compose | None:
+def build_augmenter(config: TrainConfig, windows: tuple[str, ...] = ()) -> Compose | None:
     """Random affine (rotation ±10°, scale ±10 %, shift ±5 %) and intensity jitter
     (contrast ±10 %, brightness ±0.05, Gaussian noise σ 0.02), as enabled in ``config``.
 
@@ -45,6 +45,8 @@ def build_augmenter(config: TrainConfig) -> Compose | None:
                 padding_mode="zeros",
             )
         )
+    if config.skull_rim and not config.scanner:
+        raise ValueError("skull_rim is part of the scanner augmentation (set scanner too)")
     if config.scanner and not config.strong_intensity:
         raise ValueError("scanner augmentation comes with strong_intensity (set both)")
     if config.strong_intensity:
@@ -55,7 +57,7 @@ def build_augmenter(config: TrainConfig) -> Compose | None:
             RandGaussianNoised(keys="image", std=0.03, prob=0.2),
             RandGaussianSmoothd(keys="image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), prob=0.2),
             RandSimulateLowResolutiond(keys="image", zoom_range=(0.5, 1.0), upsample_mode="bilinear", prob=0.2),
-            *([RandScannerd(keys="image")] if config.scanner else []),
+            *([RandScannerd(keys="image", prob_rim=config.skull_rim, windows=windows)] if config.scanner else []),
             ScaleIntensityRanged(keys="image", a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
         ]
     elif config.intensity:

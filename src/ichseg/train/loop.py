@@ -245,7 +245,7 @@ def train_model(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     loss_fn = SegmentationLoss(config.head_loss_weight) if segmenter else nn.BCEWithLogitsLoss()
     heads = bool(getattr(model_config, "heads", ())) and segmenter
-    aug = build_augmenter(config)
+    aug = build_augmenter(config, tuple(getattr(model_config, "windows", ())))
     n_samples = config.samples_per_epoch or len(train.images)
     steps_per_epoch = -(-n_samples // config.batch_size)
     precision, why = training_precision(config, device)
