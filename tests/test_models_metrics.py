@@ -187,3 +187,23 @@ def test_operating_point_grid_and_policies_on_a_hand_computed_table() -> None:
     # F2 + Dice: (0.3, 1) 5/6 + 8/11; (0.3, 25) 1 + 8/9 (best); (0.7, *) 1 + 6/7
     assert select_row(list(rows.values()), "f2_dice") is rows[(0.3, 25)]
     assert select_row(list(rows.values()), "recall90_dice") is rows[(0.3, 25)]
+
+
+def test_patient_table_calls_and_dice_per_patient() -> None:
+    from ichseg.evaluate.metrics import patient_table
+
+    def row(pid: str, blood: int, verdict: int, true: int, pred: int, inter: int) -> dict:
+        return {"patient_id": pid, "hemorrhage": blood, "verdict": verdict, "true_area_px_512": true,
+                "pipeline_area_px_512": pred, "pipeline_intersection_px_512": inter}  # fmt: skip
+
+    rows = [
+        row("a", 1, 1, 100, 80, 60), row("a", 1, 0, 50, 0, 0), row("a", 0, 0, 0, 0, 0),
+        row("b", 1, 0, 30, 0, 0), row("b", 0, 1, 0, 40, 0),  # called for a blob off its blood
+        row("c", 0, 1, 0, 25, 0), row("d", 1, 0, 10, 0, 0),
+    ]  # fmt: skip
+    t = {r["patient_id"]: r for r in patient_table(rows)}
+    assert t["a"]["dice"] == round(2 * 60 / (150 + 80), 4) and t["a"]["blood_slices_called"] == 1 and t["a"]["called"]
+    assert t["b"]["dice"] == 0.0 and t["b"]["called"] and t["b"]["blood_slices_called"] == 0
+    assert t["c"]["dice"] is None and t["c"]["predicted_px"] == 25  # no blood: its pixels are false positives
+    assert not t["d"]["called"]
+    assert [r["patient_id"] for r in patient_table(rows)] == ["b", "d", "a", "c"]  # worst Dice first, no-blood last

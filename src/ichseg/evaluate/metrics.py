@@ -68,6 +68,34 @@ def scan_metrics(patient_ids: Sequence[str], pred: np.ndarray, truth: np.ndarray
     return {**c, "sensitivity": _ratio(c["tp"], c["tp"] + c["fn"]), "specificity": _ratio(c["tn"], c["tn"] + c["fp"])}
 
 
+def patient_table(per_slice: Sequence[dict]) -> list[dict]:
+    """One row per patient from ``per_slice.csv``'s rows (``hemorrhage``, ``verdict``,
+    ``true_area_px_512``, ``pipeline_area_px_512``, ``pipeline_intersection_px_512``): its
+    slices with blood and how many were called, whether the patient was called at all, and
+    its Dice at 512 px. Empty-truth policy: a patient without blood has Dice None (its
+    predicted pixels are its false positives, ``predicted_px``). Sorted by Dice, worst first,
+    then the patients without blood."""
+    acc: dict[str, dict] = {}
+    for r in per_slice:
+        empty = {"slices": 0, "slices_with_blood": 0, "blood_slices_called": 0, "called": False}
+        a = acc.setdefault(str(r["patient_id"]), {**empty, "true_px": 0, "predicted_px": 0, "inter": 0})
+        blood, verdict = bool(int(r["hemorrhage"])), bool(int(r["verdict"]))
+        a["slices"] += 1
+        a["slices_with_blood"] += blood
+        a["blood_slices_called"] += blood and verdict
+        a["called"] = a["called"] or verdict
+        a["true_px"] += int(r["true_area_px_512"])
+        a["predicted_px"] += int(r["pipeline_area_px_512"])
+        a["inter"] += int(r["pipeline_intersection_px_512"])
+    rows = []
+    for pid, a in acc.items():
+        inter = a.pop("inter")
+        den = a["true_px"] + a["predicted_px"]
+        dice = 2 * inter / den if a["true_px"] and den else None
+        rows.append({"patient_id": pid, **a, "dice": None if dice is None else round(dice, 4)})
+    return sorted(rows, key=lambda r: (r["dice"] is None, r["dice"] or 0.0, r["patient_id"]))
+
+
 def dice_per_slice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Per-slice Dice of (N, H, W) boolean masks, with the empty policy above (both empty → 1)."""
     pred = np.asarray(pred, bool).reshape(len(pred), -1)

@@ -293,6 +293,21 @@ def markdown_table(metrics: dict[str, Any], title: str = "ichseg") -> str:
     return "\n".join(lines) + "\n"
 
 
+def patients_line(rows: list[dict]) -> str:
+    """One paragraph on the bleeding patients (patients.csv): how many were called, which
+    were not, the five lowest Dice."""
+    bleeding = [r for r in rows if r["slices_with_blood"]]
+    if not bleeding:
+        return ""
+    missed = [r["patient_id"] for r in bleeding if not r["called"]]
+    worst = ", ".join(f"{r['patient_id']} {r['dice']:.2f}" for r in bleeding[:5])
+    return (
+        f"\nBleeding patients called: {len(bleeding) - len(missed)} of {len(bleeding)}"
+        + (f" (not called: {', '.join(missed)})" if missed else "")
+        + f"; lowest patient Dice: {worst} (patients.csv).\n"
+    )
+
+
 def write_report(ev: Evaluation, out_dir: Path, title: str = "ichseg") -> None:
     """metrics.json, metrics.md, per_slice.csv and the confusion-matrix figure."""
     out_dir = Path(out_dir)
@@ -322,6 +337,7 @@ def write_report(ev: Evaluation, out_dir: Path, title: str = "ichseg") -> None:
         f"# Evaluation\n\n{m['slices']} slices from {m['patients']} patients ({m.get('evaluated_part', 'all')}).\n\n"
         + context
         + markdown_table(ev.metrics, title)
+        + (patients_line(M.patient_table(ev.per_slice)) if ev.per_slice else "")
         + "\n## Definitions\n\n"
         + "".join(f"- **{k}**: {v if isinstance(v, str) else json.dumps(v)}\n" for k, v in m["definitions"].items())
         + f"\n{DATASET_CREDIT}\n"
@@ -329,6 +345,8 @@ def write_report(ev: Evaluation, out_dir: Path, title: str = "ichseg") -> None:
     atomic_write_text(out_dir / "metrics.md", md)
 
     atomic_write_csv(out_dir / "per_slice.csv", ev.per_slice, None if ev.per_slice else ["patient_id"])
+    patients = M.patient_table(ev.per_slice) if ev.per_slice else []
+    atomic_write_csv(out_dir / "patients.csv", patients, None if patients else ["patient_id"])
     plot_confusion({k: ev.metrics["slice"][k] for k in ("tp", "tn", "fp", "fn")}, out_dir / "confusion_matrix.png")
 
 
