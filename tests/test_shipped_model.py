@@ -38,12 +38,20 @@ def test_shipped_bundle_is_complete_small_and_credited() -> None:
         assert any("CT-ICH" in (c or "") for c in credits)
 
 
-def test_shipped_ensemble_loads_with_every_member_credited(bundle) -> None:
+def test_shipped_model_is_the_single_network_its_five_folds_measured(bundle) -> None:
     # (determinism is checked across two fresh processes in the next test: two calls in one
     # process would share whatever state a process carries)
-    assert bundle.members > 1 and bundle.classifier is None
-    assert len(bundle.meta["unet"]["members_meta"]) == bundle.members
-    assert (bundle.screen is not None) == (bundle.pipeline.screen_threshold is not None)
+    body = json.loads((PACKAGED_MODEL / "pipeline.json").read_text())
+    assert bundle.members == 1 and bundle.classifier is None and bundle.screen is None
+    assert body["ensemble"] == {"members": 1, "single": True, "cv_folds": [0, 1, 2, 3, 4]}
+    assert body["calibration"]["cv"] == "results/cv/robust-384"  # its operating point: those folds' pooled rows
+    hw = bundle.meta["unet"]["train_hardware"]
+    assert hw["precision"] in ("bf16", "fp32") and hw["cpu_kind"]  # what ran is recorded beside the weights
+    # its bf16 agreement check belongs to exactly these weights
+    from ichseg.infer.pipeline import bf16_validated
+
+    ok, why = bf16_validated(PACKAGED_MODEL, "openvino")
+    assert ok, why
 
 
 def test_shipped_model_finds_an_obvious_bleed_the_same_in_two_fresh_processes(tmp_path: Path) -> None:

@@ -127,7 +127,7 @@ def install(bundle_dir: Path, dest: Path = PACKAGED_MODEL) -> Path:
     """Copy a bundle into the package (file by file through temp names, so an interrupted
     copy never leaves a mixed bundle under the final names)."""
     dest.mkdir(parents=True, exist_ok=True)
-    extras = ("config.json", "classifier_history.csv", "unet_history.csv", "cv_summary.json")
+    extras = ("config.json", "classifier_history.csv", "unet_history.csv", "cv_summary.json", "precision.json")
     names = [n for n in (*BUNDLE_FILES, *CLASSIFIER_FILES, *extras) if (Path(bundle_dir) / n).exists()]
     missing = set(BUNDLE_FILES) - set(names)
     if missing:
