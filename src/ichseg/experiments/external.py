@@ -57,7 +57,7 @@ CASES = (
     Case(
         "dicom2stl-head", "dicom2stl", "0.5.0", "examples/Data/ct_head.nii.gz", "MIT",
         "adult head CT as NIfTI, neck to vertex, 95 slices of 2.5 mm at 1.01 mm pixels (resampled); "
-        "no bleed visible",
+        "unlabelled: no focal bleed visible, a thin bright rim along the inner table on both sides",
         True,
     ),
     Case(
