@@ -250,7 +250,7 @@ def straight_prediction(straight: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.mark.parametrize(
     ("shape", "spacing_mm", "min_dice", "volume_rel", "extra_slices"),
-    [((512, 512), (0.45, 0.45), 0.95, 0.05, 0), ((400, 512), (0.7, 0.7), 0.90, 0.10, 1)],
+    [((512, 512), (0.45, 0.45), 0.95, 0.05, 1), ((400, 512), (0.7, 0.7), 0.90, 0.10, 1)],
     ids=["512px-0.45mm", "400x512px-0.7mm"],
 )
 def test_a_scanner_grid_gives_the_masks_of_the_ct_ich_grid_in_patient_space(
@@ -266,18 +266,22 @@ def test_a_scanner_grid_gives_the_masks_of_the_ct_ich_grid_in_patient_space(
     """The sample (650 px at 0.35 mm, where the model's frame is the identity) re-gridded
     as a scanner stores it, predicted, and its mask.nii.gz taken back onto the straight grid
     through the two affines. It cannot be exact: the images are resampled (and at 0.7 mm
-    lose detail). Measured: 512 px at 0.45 mm Dice 0.976, 6.015 vs 6.04 mL, the same
-    positive slices; 400 × 512 px at 0.7 mm Dice 0.945, 6.213 vs 6.04 mL, one more positive
-    slice (28: a 0.012 mL lesion of ~5 voxels, at the coarse grid's resolution limit).
-    Ignoring PixelSpacing, or ImagePositionPatient's in-plane offset, fails it."""
+    lose detail). Measured with the shipped single robust-384 network: 512 px at 0.45 mm
+    Dice 0.970, 6.534 vs 6.502 mL; 400 × 512 px at 0.7 mm Dice 0.940, 6.796 vs 6.502 mL;
+    both keep every positive slice and add one (24) with under 3 mm² outlined, the edge of a
+    lesion on the next slice. Ignoring PixelSpacing, or ImagePositionPatient's in-plane
+    offset, fails it."""
     ref = json.loads((straight_prediction / "summary.json").read_text())
     got = _predict(regridded(straight, tmp_path / "series", shape, spacing_mm), tmp_path / "out")
     assert got["spacing_mm"] == pytest.approx([5.0, *spacing_mm]) and got["slices"] == ref["slices"]
     assert got["hemorrhage"] and got["total_volume_ml"] == pytest.approx(ref["total_volume_ml"], rel=volume_rel)
     extra = sorted(set(got["positive_slices"]) - set(ref["positive_slices"]))
     assert set(ref["positive_slices"]) <= set(got["positive_slices"]) and len(extra) <= extra_slices, extra
-    small = [les for les in got["lesions"] if set(les["slices"]) & set(extra)]
-    assert all(les["volume_ml"] < 0.05 and set(les["slices"]) <= set(extra) for les in small), small
+    import csv
+
+    with open(tmp_path / "out" / "predictions.csv") as fh:
+        area_mm2 = {int(r["slice"]): float(r["area_mm2"]) for r in csv.DictReader(fh)}
+    assert all(area_mm2[k] < 5.0 for k in extra), [area_mm2[k] for k in extra]  # a sliver, not a new finding
     a, b = _mask_on(straight_prediction, tmp_path / "out")
     dice = 2 * float((a & b).sum()) / float(a.sum() + b.sum())
     assert dice >= min_dice, dice
