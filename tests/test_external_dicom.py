@@ -16,10 +16,11 @@ pydicom_data = pytest.importorskip("pydicom.data")
 FILES = Path(pydicom_data.__file__).parent / "test_files"
 
 
-def _folder(tmp_path: Path, name: str) -> Path:
-    src = FILES / name
+def _folder(tmp_path: Path, name: str, files: Path = FILES, package: str = "pydicom") -> Path:
+    """A folder in ``tmp_path`` holding only ``files/name`` (skipped if ``package`` dropped it)."""
+    src = files / name
     if not src.exists():
-        pytest.skip(f"pydicom no longer ships {name}")
+        pytest.skip(f"{package} no longer ships {name}")
     dst = tmp_path / Path(name).stem
     dst.mkdir()
     shutil.copy(src, dst / name)
@@ -66,13 +67,7 @@ def test_other_modalities_and_body_parts_are_refused(
 # (multi-frame) CT: two frames of a skull-stripped perfusion map of a brain.
 def _data_store_folder(tmp_path: Path, name: str) -> Path:
     data_store = pytest.importorskip("data_store")
-    src = Path(data_store.__file__).parent / "data" / name
-    if not src.exists():
-        pytest.skip(f"pydicom-data no longer ships {name}")
-    dst = tmp_path / Path(name).stem
-    dst.mkdir()
-    shutil.copy(src, dst / name)
-    return dst
+    return _folder(tmp_path, name, Path(data_store.__file__).parent / "data", "pydicom-data")
 
 
 def test_the_lossless_cq500_slice_reads_the_same_hu_from_both_encodings(tmp_path: Path) -> None:
