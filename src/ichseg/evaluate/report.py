@@ -333,11 +333,12 @@ def write_report(ev: Evaluation, out_dir: Path, title: str = "ichseg") -> None:
     if "hardware" in m:
         hw = m["hardware"]
         context += f"Hardware: {hw['cpu']}, {hw['logical_cores']} logical cores, torch {hw['torch']}, GPU: {hw['gpu']}.\n\n"
+    patients = M.patient_table(ev.per_slice) if ev.per_slice else []
     md = (
         f"# Evaluation\n\n{m['slices']} slices from {m['patients']} patients ({m.get('evaluated_part', 'all')}).\n\n"
         + context
         + markdown_table(ev.metrics, title)
-        + (patients_line(M.patient_table(ev.per_slice)) if ev.per_slice else "")
+        + patients_line(patients)
         + "\n## Definitions\n\n"
         + "".join(f"- **{k}**: {v if isinstance(v, str) else json.dumps(v)}\n" for k, v in m["definitions"].items())
         + f"\n{DATASET_CREDIT}\n"
@@ -345,7 +346,6 @@ def write_report(ev: Evaluation, out_dir: Path, title: str = "ichseg") -> None:
     atomic_write_text(out_dir / "metrics.md", md)
 
     atomic_write_csv(out_dir / "per_slice.csv", ev.per_slice, None if ev.per_slice else ["patient_id"])
-    patients = M.patient_table(ev.per_slice) if ev.per_slice else []
     atomic_write_csv(out_dir / "patients.csv", patients, None if patients else ["patient_id"])
     plot_confusion({k: ev.metrics["slice"][k] for k in ("tp", "tn", "fp", "fn")}, out_dir / "confusion_matrix.png")
 
