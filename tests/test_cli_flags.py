@@ -28,3 +28,28 @@ def test_the_snapshot_has_every_command() -> None:
     want = json.loads(GOLDEN.read_text())
     assert "ichseg predict" in want and "--engine" in want["ichseg predict"] and "<path>" in want["ichseg predict"]
     assert len(want) > 10 and all(flags == sorted(flags) for flags in want.values())
+
+
+def test_progress_bars_only_on_a_terminal() -> None:
+    """A log file (nohup … > log) gets no bar; a terminal keeps it; --no-progress always wins."""
+    import argparse
+    import io
+
+    from ichseg.cli import bars_only_on_terminal
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    args = argparse.Namespace(no_progress=False)
+    bars_only_on_terminal(args, io.StringIO())
+    assert args.no_progress is True
+    args = argparse.Namespace(no_progress=False)
+    bars_only_on_terminal(args, Tty())
+    assert args.no_progress is False
+    args = argparse.Namespace(no_progress=True)
+    bars_only_on_terminal(args, Tty())
+    assert args.no_progress is True
+    args = argparse.Namespace()  # a command without the flag is left alone
+    bars_only_on_terminal(args, io.StringIO())
+    assert not hasattr(args, "no_progress")

@@ -52,6 +52,13 @@ def _init_distributed(args: argparse.Namespace) -> None:
         args.no_progress = True
 
 
+def bars_only_on_terminal(args: argparse.Namespace, stream) -> None:
+    """Turn progress bars off unless ``stream`` is a terminal: a bar redrawn into a log file
+    (``nohup ichseg cv … > log``) is megabytes of carriage returns that bury the log lines."""
+    if hasattr(args, "no_progress") and not (hasattr(stream, "isatty") and stream.isatty()):
+        args.no_progress = True
+
+
 TORCH_COMMANDS = ("train", "evaluate", "cv", "release", "run", "export")
 
 
@@ -76,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         # the setting): late in training, denormal gradients make backward passes ~5× slower.
         torch.set_flush_denormal(True)
     _init_distributed(args)
+    bars_only_on_terminal(args, sys.stderr)
     configure_logging(verbose=args.verbose, quiet=args.quiet)
     from ichseg.errors import DatasetError, EngineUnavailable
 
