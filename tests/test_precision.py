@@ -78,6 +78,23 @@ def test_environment_rules_bf16_out(monkeypatch: pytest.MonkeyPatch) -> None:
         hardware.resolve_precision("auto")
 
 
+def test_an_isa_cap_below_bf16_means_float32_and_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONEDNN_MAX_CPU_ISA=AVX2 on an AMX machine is how AVX2-only timings are taken: bf16
+    must then be off without a probe (oneDNN would refuse its kernels), and say so."""
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16", "avx512_bf16"}))
+    monkeypatch.setattr(hardware, "run_probe", lambda *a, **k: pytest.fail("no probe under an AVX2 cap"))
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert hardware.resolve_precision("auto") == ("fp32", "ONEDNN_MAX_CPU_ISA=AVX2 rules out native bf16")
+    assert not hardware.advertises_bf16()
+    assert hardware.describe()["isa_cap"] == "AVX2"
+    for cap, ok in (("AVX512_CORE", False), ("AVX512_CORE_BF16", True), ("AVX512_CORE_AMX", True), ("ALL", True)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert hardware.isa_cap_allows_bf16() is ok, cap
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    assert "isa_cap" not in hardware.describe()
+
+
 def _tiny_training(tmp_path: Path, precision: str):
     from ichseg.config import TrainConfig, UNetConfig
     from ichseg.train.loop import Arrays, train_model

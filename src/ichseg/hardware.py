@@ -15,6 +15,11 @@ assumed:
 
 Anything else (no flags, probe crashed, timed out, disagreed, or ``ICHSEG_PRECISION=fp32``)
 means float32. Every run records which path ran (:func:`describe`).
+
+``ONEDNN_MAX_CPU_ISA`` (oneDNN's cap, which PyTorch and OpenVINO both obey) below the bf16
+instruction sets counts as "no native bf16" too: with ``ONEDNN_MAX_CPU_ISA=AVX2`` an AMX
+machine runs as an AVX2-only CPU would, which is how the AVX2 timings are measured on a
+machine that has more (``ichseg bench`` records the cap).
 """
 
 from __future__ import annotations
@@ -110,10 +115,25 @@ def cpu_kind(flags: frozenset[str] | None = None) -> str:
     return "baseline"
 
 
+def isa_cap() -> str | None:
+    """oneDNN's instruction-set cap from the environment (``ONEDNN_MAX_CPU_ISA``, or its
+    old name ``DNNL_MAX_CPU_ISA``), upper-cased; None when unset or ``ALL``."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return None if cap in ("", "ALL") else cap
+
+
+def isa_cap_allows_bf16(cap: str | None = None) -> bool:
+    """Whether oneDNN may use native bf16 under ``cap`` (default: the environment's): the
+    caps that name BF16, FP16 or AMX (AVX512_CORE_BF16 and up), or AVX10."""
+    cap = isa_cap() if cap is None else cap.upper()
+    return cap is None or any(k in cap for k in ("BF16", "FP16", "AMX", "AVX10"))
+
+
 def advertises_bf16(flags: frozenset[str] | None = None) -> bool:
-    """True when the CPU flags claim native bf16 arithmetic (AMX or AVX-512 BF16)."""
+    """True when the CPU flags claim native bf16 arithmetic (AMX or AVX-512 BF16) and no
+    oneDNN instruction-set cap rules it out."""
     flags = cpu_flags() if flags is None else flags
-    return any(f in flags for f in BF16_FLAGS)
+    return any(f in flags for f in BF16_FLAGS) and isa_cap_allows_bf16()
 
 
 def _cache_path() -> Path:
@@ -166,6 +186,8 @@ def run_probe(backend: str, timeout_s: float = PROBE_TIMEOUT_S, code: str | None
 def bf16_usable(backend: str, *, use_cache: bool = True) -> tuple[bool, str]:
     """Whether ``backend`` may run at bf16 here, and why: the CPU flags first (no child is
     started on a CPU without them), then the child-process probe, cached on disk."""
+    if not isa_cap_allows_bf16():
+        return False, f"ONEDNN_MAX_CPU_ISA={isa_cap()} rules out native bf16"
     if not advertises_bf16():
         return False, f"CPU ({cpu_kind()}) has no native bf16"
     if _package_version(backend) == "absent":
@@ -222,6 +244,8 @@ def describe(precision: str | None = None, reason: str | None = None) -> dict[st
         "logical_cores": os.cpu_count(),
         "python": platform.python_version(),
     }
+    if isa_cap() is not None:  # an emulated smaller CPU (e.g. AVX2 on an AMX machine) says so
+        out["isa_cap"] = isa_cap()
     if precision is not None:
         out["precision"] = precision
         out["precision_reason"] = reason
