@@ -89,9 +89,7 @@ def test_the_lossless_cq500_slice_is_predicted_with_one_consistent_verdict(tmp_p
     assert s["hemorrhage"] == (sum(lesion["volume_ml"] for lesion in s["lesions"]) > 0)
 
 
-def test_a_real_enhanced_ct_perfusion_map_is_read_and_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def test_a_real_enhanced_ct_perfusion_map_is_read_and_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from ichseg.io.dicom import read_dicom_series
 
     folder = _data_store_folder(tmp_path, "eCT_Supplemental.dcm")
