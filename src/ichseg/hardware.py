@@ -244,8 +244,9 @@ def describe(precision: str | None = None, reason: str | None = None) -> dict[st
         "logical_cores": os.cpu_count(),
         "python": platform.python_version(),
     }
-    if isa_cap() is not None:  # an emulated smaller CPU (e.g. AVX2 on an AMX machine) says so
-        out["isa_cap"] = isa_cap()
+    cap = isa_cap()
+    if cap is not None:  # an emulated smaller CPU (e.g. AVX2 on an AMX machine) says so
+        out["isa_cap"] = cap
     if precision is not None:
         out["precision"] = precision
         out["precision_reason"] = reason

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TextIO
 
 from ichseg.cli.options import run_config
 
@@ -52,10 +53,10 @@ def _init_distributed(args: argparse.Namespace) -> None:
         args.no_progress = True
 
 
-def bars_only_on_terminal(args: argparse.Namespace, stream) -> None:
+def bars_only_on_terminal(args: argparse.Namespace, stream: TextIO) -> None:
     """Turn progress bars off unless ``stream`` is a terminal: a bar redrawn into a log file
     (``nohup ichseg cv … > log``) is megabytes of carriage returns that bury the log lines."""
-    if hasattr(args, "no_progress") and not (hasattr(stream, "isatty") and stream.isatty()):
+    if hasattr(args, "no_progress") and not stream.isatty():
         args.no_progress = True
 
 
