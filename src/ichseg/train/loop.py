@@ -33,7 +33,7 @@ from ichseg.models import build_model, count_parameters
 from ichseg.models.weights import save_model
 from ichseg.train.augment import augment_batch, build_augmenter, crop_batch
 from ichseg.train.checkpoint import load_resume, save_resume
-from ichseg.train.losses import bce_dice_loss
+from ichseg.train.losses import SegmentationLoss
 from ichseg.train.sampling import epoch_indices
 
 log = logging.getLogger(__name__)
@@ -114,22 +114,6 @@ def head_targets(slice_targets: np.ndarray, masks: np.ndarray) -> np.ndarray:
 def seg_logits(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """The mask logits of a U-Net's output (the first of two when it has slice heads)."""
     return out[0] if isinstance(out, tuple) else out
-
-
-class SegmentationLoss(nn.Module):
-    """Dice + cross-entropy on the mask, plus ``head_weight`` × BCE on the slice heads when
-    the U-Net has them (targets then come as (mask, heads))."""
-
-    def __init__(self, head_weight: float = 0.5) -> None:
-        super().__init__()
-        self.mask_loss = bce_dice_loss()
-        self.head_loss = nn.BCEWithLogitsLoss()
-        self.head_weight = head_weight
-
-    def forward(self, out, target) -> torch.Tensor:
-        if isinstance(out, tuple):
-            return self.mask_loss(out[0], target[0]) + self.head_weight * self.head_loss(out[1], target[1])
-        return self.mask_loss(out, target)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -243,7 +227,11 @@ def train_model(
     log.info("%s: %s parameters", type(model).__name__, f"{count_parameters(model):,}")
     rank, world = _world()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    loss_fn = SegmentationLoss(config.head_loss_weight) if segmenter else nn.BCEWithLogitsLoss()
+    loss_fn = (
+        SegmentationLoss(config.head_loss_weight, config.lesion_max_weight, config.lesion_area_px, config.lesion_thickness_px)
+        if segmenter
+        else nn.BCEWithLogitsLoss()
+    )
     heads = bool(getattr(model_config, "heads", ())) and segmenter
     aug = build_augmenter(config, tuple(getattr(model_config, "windows", ())))
     n_samples = config.samples_per_epoch or len(train.images)

@@ -17,7 +17,8 @@ import torch
 from ichseg.config import UNetConfig
 from ichseg.hardware import describe, resolve_precision
 from ichseg.models import build_model
-from ichseg.train.loop import SegmentationLoss, autocast_for
+from ichseg.train.loop import autocast_for
+from ichseg.train.losses import SegmentationLoss
 
 
 def step_seconds_per_sample(
