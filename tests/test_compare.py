@@ -35,3 +35,21 @@ def test_shared_folds_same_patients_and_one_point(tmp_path: Path) -> None:
     (wrong / "fold1.json").write_text(json.dumps(body))
     with pytest.raises(ValueError, match="held out different patients"):
         common_rows([a, wrong])
+
+
+def test_own_points_choose_per_configuration_on_shared_folds(tmp_path: Path) -> None:
+    from ichseg.experiments.compare import compare_own_points, table_md
+
+    a = CV / "robust-384"
+    if not (a / "fold1.json").exists():
+        pytest.skip("fold JSONs not committed")
+    only1 = tmp_path / "only1"
+    only1.mkdir()
+    shutil.copy(a / "fold1.json", only1 / "fold1.json")
+    r = compare_own_points([a, only1])
+    assert r["folds"] == [1] and r["point"] is None
+    mine, copy = r["configurations"]["robust-384"], r["configurations"]["only1"]
+    assert mine["point"] == copy["point"]  # chosen on fold 1's rows alone, so the same
+    assert mine["slice"] == copy["slice"]
+    md = table_md(r)
+    assert "own point" in md and "| point |" in md and "mask " in md.splitlines()[-1]

@@ -8,7 +8,8 @@ configuration's pooled folds chose), so a difference is the networks', not the p
 ``python -m ichseg.experiments.compare --cv results/cv/robust-384 --cv results/cv/robust-384-rim
 --out results/compare/rim.md`` prints and writes one row per configuration: slice recall and
 precision, Dice and IoU, scan sensitivity and specificity, false-positive pixels per normal
-patient, and recall per subtype and by bleed size.
+patient, and recall per subtype and by bleed size. ``--own-points`` scores each configuration
+at the point its own rows of the shared folds choose instead.
 """
 
 from __future__ import annotations
@@ -51,15 +52,43 @@ def compare(cfg_dirs: list[Path], point: dict[str, Any], folds: list[int] | None
     return {"folds": shared, "point": point, "configurations": out}
 
 
+def compare_own_points(cfg_dirs: list[Path], folds: list[int] | None = None, policy: str | None = None) -> dict[str, Any]:
+    """Metrics of each configuration at its *own* point, chosen by ``policy`` on its rows of
+    the shared folds: every configuration is flattered alike (each point is chosen on the
+    patients it is scored on), so a change that only moves the calibration, e.g. a loss
+    weighting that raises every probability, is not penalised for sitting off another's point."""
+    from ichseg.evaluate.oof import metrics_at, point_rule, recall_by_group
+    from ichseg.evaluate.oof_grid import DEFAULT_POLICY, choose, grid
+
+    shared, rows = common_rows(cfg_dirs, folds)
+    out = {}
+    for name, r in rows.items():
+        point = choose(grid(r, rule="outlined", veto=True), policy or DEFAULT_POLICY)
+        m = metrics_at(r, *point_rule(point))
+        out[name] = {**m, "groups": recall_by_group(r, point), "point": point}
+    return {"folds": shared, "point": None, "policy": policy or DEFAULT_POLICY, "configurations": out}
+
+
+def point_text(p: dict[str, Any]) -> str:
+    veto = ""
+    if p.get("head_veto_below") is not None:
+        veto = f", veto: blobs < {p['head_veto_min_area_px']} px need head ≥ {p['head_veto_below']}"
+    return (
+        f"mask {p['mask_threshold']}, {p['min_area_px']} px, head {p['head_threshold']} → "
+        f"{p.get('head_mask_threshold')}, rule {p.get('verdict_rule', 'fused')}{veto}"
+    )
+
+
 def table_md(result: dict[str, Any]) -> str:
     p = result["point"]
-    head = (
-        f"Folds {', '.join(map(str, result['folds']))}, one point for all: mask {p['mask_threshold']}, "
-        f"{p['min_area_px']} px, head {p['head_threshold']} → {p.get('head_mask_threshold')}, "
-        f"rule {p.get('verdict_rule', 'fused')}.\n\n"
-    )
+    folds = ", ".join(map(str, result["folds"]))
+    if p is None:
+        head = f"Folds {folds}, each configuration at its own point ({result['policy']} on these folds' rows).\n\n"
+    else:
+        head = f"Folds {folds}, one point for all: {point_text(p)}.\n\n"
     subtypes = sorted({s for c in result["configurations"].values() for s in c["groups"]["subtype"]})
     cols = ["slice recall", "precision", "Dice", "IoU", "scan sens.", "scan spec.", "FP px per normal patient"]
+    cols = (["point"] if p is None else []) + cols
     lines = [
         "| configuration | " + " | ".join(cols + [f"{s} recall" for s in subtypes]) + " |",
         "|---|" + "---|" * (len(cols) + len(subtypes)),
@@ -70,7 +99,7 @@ def table_md(result: dict[str, Any]) -> str:
 
     for name, c in result["configurations"].items():
         g = c["groups"]["subtype"]
-        cells = [
+        cells = ([point_text(c["point"])] if p is None else []) + [
             f(c["slice"]["recall"]), f(c["slice"]["precision"]), f(c["pixel"]["dice_global"]), f(c["pixel"]["iou_global"]),
             f(c["scan"]["sensitivity"]), f(c["scan"]["specificity"]), f"{c['fp_px_per_normal_patient']:.0f}",
             *[f"{g[s]['found']}/{g[s]['slices']}" if s in g else "" for s in subtypes],
@@ -86,10 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cv", type=Path, action="append", required=True, help="a configuration's fold JSONs (repeat)")
     p.add_argument("--fold", type=int, action="append", default=None, help="only these folds (repeatable)")
     p.add_argument("--point-from", type=Path, default=None, help="whose pooled point (default: the first --cv)")
+    p.add_argument("--own-points", action="store_true", help="each configuration at its own point on the shared folds")
     p.add_argument("--out", type=Path, default=None, help="a .md table (and the .json beside it)")
     a = p.parse_args(argv)
-    point = summarize_members(a.point_from or a.cv[0])["operating_point"]
-    result = compare(a.cv, point, a.fold)
+    if a.own_points:
+        result = compare_own_points(a.cv, a.fold)
+    else:
+        result = compare(a.cv, summarize_members(a.point_from or a.cv[0])["operating_point"], a.fold)
     md = table_md(result)
     if a.out is not None:
         atomic_write_text(a.out, md)
