@@ -89,9 +89,11 @@ def table_md(result: dict[str, Any]) -> str:
     subtypes = sorted({s for c in result["configurations"].values() for s in c["groups"]["subtype"]})
     cols = ["slice recall", "precision", "Dice", "IoU", "scan sens.", "scan spec.", "FP px per normal patient"]
     cols = (["point"] if p is None else []) + cols
+    confs = result["configurations"].values()
+    sizes = [z for z in ("< 1 mL", "1-5 mL", "> 5 mL") if any(z in c["groups"].get("size", {}) for c in confs)]
     lines = [
-        "| configuration | " + " | ".join(cols + [f"{s} recall" for s in subtypes]) + " |",
-        "|---|" + "---|" * (len(cols) + len(subtypes)),
+        "| configuration | " + " | ".join(cols + [f"{s} recall" for s in subtypes] + [f"patients {z}" for z in sizes]) + " |",
+        "|---|" + "---|" * (len(cols) + len(subtypes) + len(sizes)),
     ]
 
     def f(v: float | None) -> str:
@@ -103,6 +105,7 @@ def table_md(result: dict[str, Any]) -> str:
             f(c["slice"]["recall"]), f(c["slice"]["precision"]), f(c["pixel"]["dice_global"]), f(c["pixel"]["iou_global"]),
             f(c["scan"]["sensitivity"]), f(c["scan"]["specificity"]), f"{c['fp_px_per_normal_patient']:.0f}",
             *[f"{g[s]['found']}/{g[s]['slices']}" if s in g else "" for s in subtypes],
+            *[f"{z_['found']}/{z_['slices']}" if (z_ := c["groups"]["size"].get(z)) else "" for z in sizes],
         ]  # fmt: skip
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
