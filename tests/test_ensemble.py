@@ -170,6 +170,20 @@ def test_fold_ensemble_cv_resume_assemble_predict_evaluate_stress(
     row = folds[0]["rows"][0]
     assert set(row["heads"]) == {"hemorrhage", "intraparenchymal", "subdural"}
     assert set(row["components"]) == {"0.3", "0.4", "0.5", "0.6", "0.7", "0.8"}
+    # a configuration with flip TTA is scored out of fold with it: the rows are the bundle's
+    from ichseg.data.splits import select
+    from ichseg.evaluate.oof import member_rows
+    from ichseg.models.weights import load_model
+
+    prep, outer = train_fold(tiny_data, work, TINY_ENSEMBLE, "ens", 0, 2, **kw)  # finished: returns at once
+    unet, ucfg, _ = load_model(member_dir(work, "ens", 0) / "last")
+    held = select(prep.records, outer["val"])
+    plain, flipped = (
+        member_rows(unet, ucfg, held, prep.cache_root, TINY_ENSEMBLE.preprocess, ucfg.heads, eval_px=64, tta_flip=t)
+        for t in (False, True)
+    )
+    assert [r["max_probability"] for r in plain] == [r["max_probability"] for r in folds[0]["rows"]]
+    assert [r["max_probability"] for r in flipped] != [r["max_probability"] for r in plain]
 
     assert main(["cv-table", "--results", str(results), "--json", str(tmp_path / "summ")]) == 0
     out = capsys.readouterr().out

@@ -81,10 +81,13 @@ def member_rows(
     thresholds: Sequence[float] = MASK_THRESHOLDS,
     perturb: Perturbation | None = None,
     without_intracranial: bool = True,
+    tta_flip: bool = False,
 ) -> list[dict[str, Any]]:
     """Per-slice out-of-fold rows of one member (see the module docstring); blobs are
     tabled at each of ``thresholds``, also without the intracranial mask unless
-    ``without_intracranial`` is False (the stress test needs only the shipped rule)."""
+    ``without_intracranial`` is False (the stress test needs only the shipped rule).
+    ``tta_flip`` averages the member over each slice and its mirror, as a bundle with
+    ``PipelineConfig.tta_flip`` predicts, so the rows are what that bundle would see."""
     x = network_input(records, cache_root, preprocess, config, perturb, perturb_from_px=eval_px)
     inside_small = intracranial_masks(x, config.windows, config.context_slices)
     truth_cache = SliceCache.at_size(cache_root, preprocess, eval_px)
@@ -92,7 +95,7 @@ def member_rows(
     for i in range(0, len(records), chunk):
         part = records[i : i + chunk]
         _, truth = truth_cache.load(part, ())
-        probs, head_p = segment_with_heads(unet, x[i : i + len(part)], eval_px)
+        probs, head_p = segment_with_heads(unet, x[i : i + len(part)], eval_px, tta_flip=tta_flip)
         for j, r in enumerate(part):
             inside = resize_mask_nearest(inside_small[i + j], (eval_px, eval_px))
             comps, comps_all = {}, {}

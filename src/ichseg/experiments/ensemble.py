@@ -60,8 +60,10 @@ def run_member_fold(
     )
     unet, ucfg, meta = load_model(member_dir(work_root, name, fold) / "last")
     held_out = select(prep.records, outer["val"])
-    rows = member_rows(unet, ucfg, held_out, prep.cache_root, config.preprocess, ucfg.heads, eval_px=config.pipeline.eval_size_px)
     p = config.pipeline
+    rows = member_rows(
+        unet, ucfg, held_out, prep.cache_root, config.preprocess, ucfg.heads, eval_px=p.eval_size_px, tta_flip=p.tta_flip
+    )
     body: dict[str, Any] = {
         "name": name,
         "fold": fold,
