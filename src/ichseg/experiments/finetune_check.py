@@ -154,7 +154,7 @@ def run(
         "turns": runs,
         "finetune_config": dataclasses.asdict(ft),
         "site": {"patients": pick, "halves": halves, "perturbation": json.loads((site / "perturbed.json").read_text())},
-        "base_model": str(model),
+        "base_model": "the shipped model" if model == default_model_dir() else model.name,  # no local paths
     }
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / "finetune_check.json", json.dumps(result, indent=1) + "\n")
@@ -196,7 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     variants = tuple(v for v in a.variants.split(",") if v)
     r = run(
-        a.data, a.work, a.results, a.patients, a.model, variants=variants, epochs=a.epochs, samples_per_epoch=a.samples_per_epoch
+        a.data,
+        a.work,
+        a.results,
+        a.patients,
+        a.model,
+        variants=variants,
+        epochs=a.epochs,
+        samples_per_epoch=a.samples_per_epoch,
+        learning_rate=a.learning_rate,
     )
     print(markdown(r))
     return 0
