@@ -17,6 +17,11 @@ base data into every epoch (a random ``rehearsal_ratio`` × as many of its slice
 site has, positives kept in proportion) keeps what the model knew while it adapts to the
 new scanner; the site's slices are all used.
 
+**Batch-norm statistics only** (``adapt="batchnorm"``): no weight is trained; each
+member's batch-norm running statistics are re-estimated on the site's fine-tuning slices
+(:mod:`ichseg.train.bn_adapt`), labels unused, for a scanner that differs in intensity
+more than in anatomy.
+
 The operating point is the base bundle's: a few dozen patients are too few to choose one
 on without tuning to them. Exported ONNX/OpenVINO graphs and the bf16 check are not carried
 over (they hold or describe the old weights); ``ichseg export --onnx`` and ``ichseg
@@ -59,6 +64,10 @@ class FinetuneConfig:
     seed: int = 0
     precision: str = "auto"
     rehearsal_ratio: float = 1.0  # rehearsal slices per site slice (with ``rehearse=``)
+    # What moves: "weights" (the schedule above trains every weight), or "batchnorm" (only
+    # the batch-norm statistics, re-estimated on the site's fine-tuning slices with no
+    # label used and no weight trained: ichseg.train.bn_adapt)
+    adapt: str = "weights"
 
 
 def _train_config(base: dict[str, Any] | None, ft: FinetuneConfig, member: int) -> TrainConfig:
@@ -179,8 +188,11 @@ def finetune(
         heads,
         ucfg,
     )  # fmt: skip  (nothing is selected on the held-out patients)
+    site_images = train.images
+    if rehearse is not None and ft.adapt != "weights":
+        log.warning("rehearsal is for training weights; with adapt=%s it is not used", ft.adapt)
     rehearsal: dict[str, Any] | None = None
-    if rehearse is not None:
+    if rehearse is not None and ft.adapt == "weights":
         from ichseg.data.datasets import index_dataset
 
         everyone = sorted(
@@ -199,7 +211,16 @@ def finetune(
         log.info("rehearsal: %d slices of %s beside the site's %d", len(rdata.labels), rehearse, len(train.labels))
         train = concat_arrays(train, rdata)
     tuned, minutes = [], []
+    if ft.adapt not in ("weights", "batchnorm"):
+        raise ValueError(f"adapt must be 'weights' or 'batchnorm', not {ft.adapt!r}")
     for k, m in enumerate(members):
+        if ft.adapt == "batchnorm":  # the site's slices only (not the rehearsal's), no labels
+            from ichseg.train.bn_adapt import adapt_batchnorm_stats
+
+            t_bn = time.perf_counter()
+            tuned.append(adapt_batchnorm_stats(m, site_images, channels_last=True))
+            minutes.append(round((time.perf_counter() - t_bn) / 60, 2))
+            continue
         cfg = _train_config(umeta.get("train_config"), ft, k)
         r = train_model(ucfg, cfg, train, empty, work / "members" / str(k), resume=True, progress=progress,
                         init_state={n: t.float() for n, t in m.state_dict().items()})  # fmt: skip

@@ -109,7 +109,8 @@ def run(
     """Both halves of the site (seeded, stratified) take turns: fine-tune on one, score the
     other, so every site patient is scored once by a model that never saw it; each variant
     ("plain": the site alone, "rehearsal": the site plus the development patients outside
-    the site, as CT-ICH JPGs) is pooled over the two turns."""
+    the site, as CT-ICH JPGs; "batchnorm": no training, only the batch-norm statistics
+    re-estimated on the site's fine-tuning half) is pooled over the two turns."""
     from ichseg.data.ctich import build_index
     from ichseg.data.splits import select, split_patients
     from ichseg.evaluate.report import ensure_caches, evaluate_records
@@ -140,8 +141,9 @@ def run(
                 else {}
             )
             out = work / f"model-{v}-{t}"
+            ftv = dataclasses.replace(ft, adapt="batchnorm") if v == "batchnorm" else ft
             r = finetune(
-                model, site, out, ft, work_dir=work / f"finetune-work-{v}-{t}", split=split, cache_root=work / "site-cache", **kw
+                model, site, out, ftv, work_dir=work / f"finetune-work-{v}-{t}", split=split, cache_root=work / "site-cache", **kw
             )
             runs[f"{v}-{t}"] = {k: r[k] for k in ("finetune_patients", "held_out_patients", "train_minutes", "rehearsal")}
             metrics = r.pop("_metrics")
@@ -167,6 +169,7 @@ LABELS = {
     "before": "base model, new scanner",
     "after_plain": "fine-tuned on the site alone, new scanner",
     "after_rehearsal": "fine-tuned with rehearsal, new scanner",
+    "after_batchnorm": "batch-norm statistics of the site, no weight trained, new scanner",
 }
 
 
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--samples-per-epoch", type=int, default=256)
     p.add_argument("--learning-rate", type=float, default=1e-4)
-    p.add_argument("--variants", default="plain,rehearsal", help="comma-separated: plain, rehearsal")
+    p.add_argument("--variants", default="plain,rehearsal", help="comma-separated: plain, rehearsal, batchnorm")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     variants = tuple(v for v in a.variants.split(",") if v)
