@@ -194,9 +194,7 @@ def test_ctich_exported_to_nnunet_reads_back_as_the_same_index(tiny_data: Path, 
     assert json.loads((tmp_path / "work" / "dataset.json").read_text())["layout"] == "nnunet"
 
 
-def test_finetune_starts_from_the_bundle_and_scores_held_out_patients_before_and_after(
-    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def test_finetune_starts_from_the_bundle_and_scores_held_out_patients_before_and_after(tiny_data: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     from ichseg.cli import main
@@ -236,12 +234,14 @@ def test_finetune_starts_from_the_bundle_and_scores_held_out_patients_before_and
                  "--rehearse", str(tiny_data), "--rehearsal-ratio", "0.5"]) == 0  # fmt: skip
     reh = json.loads((out2 / "finetune.json").read_text())["rehearsal"]
     assert reh["slices"] == round(0.5 * reh["site_slices"]) and reh["data_checksum"]
-    # batch-norm adaptation needs batch norm: this paper-style U-Net has none, and nothing is written
+    # batch-norm adaptation (kept for experiments.finetune_check) needs batch norm: this
+    # paper-style U-Net has none, and nothing is written
+    from ichseg.experiments.finetune import FinetuneConfig, finetune
+
     out3 = tmp_path / "site-model-bn"
-    args3 = ["finetune", "--model", str(base), "--data", str(tiny_data), "--out", str(out3), "--image-size", "96"]
-    capsys.readouterr()
-    assert main([*args3, "--adapt", "batchnorm", "--held-out", "0.4", "--no-progress"]) != 0
-    assert "no batch-norm layer" in capsys.readouterr().err and not out3.exists()
+    with pytest.raises(ValueError, match="no batch-norm layer"):
+        finetune(base, tiny_data, out3, FinetuneConfig(adapt="batchnorm", held_out_fraction=0.4), expected_size_px=96)
+    assert not out3.exists()
 
 
 def test_rehearsal_subset_keeps_the_share_of_positive_slices() -> None:

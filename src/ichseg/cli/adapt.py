@@ -19,7 +19,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         held_out_fraction=args.held_out,
         seed=args.seed,
         rehearsal_ratio=args.rehearsal_ratio,
-        adapt=args.adapt,
     )
     r = finetune(
         args.model or default_model_dir(),
@@ -36,8 +35,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
-    what = "adapted the batch-norm statistics of" if args.adapt == "batchnorm" else "fine-tuned"
-    print(f"{what} {r['members']} U-Net(s) on {len(r['finetune_patients'])} patients -> {args.out}")
+    print(f"fine-tuned {r['members']} U-Net(s) on {len(r['finetune_patients'])} patients -> {args.out}")
     print(f"held out {len(r['held_out_patients'])} patients: " + "; ".join(f"{k} {fmt(b[k])} -> {fmt(a[k])}" for k in b))
     return 0
 
@@ -62,10 +60,4 @@ def register(sub) -> None:
         help="a dataset the base model knows (e.g. CT-ICH) mixed into every epoch, so it keeps what it learned",
     )
     s.add_argument("--rehearsal-ratio", type=float, default=1.0, help="rehearsal slices per site slice (default 1)")
-    s.add_argument(
-        "--adapt",
-        choices=("weights", "batchnorm"),
-        default="weights",
-        help="train the weights (default), or only re-estimate the batch-norm statistics on the site's scans (no labels used)",
-    )
     s.set_defaults(func=cmd_finetune)

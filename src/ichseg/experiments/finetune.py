@@ -17,10 +17,12 @@ base data into every epoch (a random ``rehearsal_ratio`` × as many of its slice
 site has, positives kept in proportion) keeps what the model knew while it adapts to the
 new scanner; the site's slices are all used.
 
-**Batch-norm statistics only** (``adapt="batchnorm"``): no weight is trained; each
-member's batch-norm running statistics are re-estimated on the site's fine-tuning slices
-(:mod:`ichseg.train.bn_adapt`), labels unused, for a scanner that differs in intensity
-more than in anatomy.
+**Batch-norm statistics only** (``adapt="batchnorm"``, for experiments, not offered by the
+CLI): no weight is trained; each member's batch-norm running statistics are re-estimated on
+the site's fine-tuning slices (:mod:`ichseg.train.bn_adapt`), labels unused. Measured on the
+shipped network it wrecks the outlines (Dice 0.69 → 0.13 on the simulated scanner,
+docs/RESULTS.md): its statistics were learnt on blood-centred training crops, which whole
+site slices do not resemble, so the site's own statistics are not the ones it needs.
 
 The operating point is the base bundle's: a few dozen patients are too few to choose one
 on without tuning to them. Exported ONNX/OpenVINO graphs and the bf16 check are not carried
