@@ -146,6 +146,7 @@ def run(
                 model, site, out, ftv, work_dir=work / f"finetune-work-{v}-{t}", split=split, cache_root=work / "site-cache", **kw
             )
             runs[f"{v}-{t}"] = {k: r[k] for k in ("finetune_patients", "held_out_patients", "train_minutes", "rehearsal")}
+            runs[f"{v}-{t}"]["adapt"] = ftv.adapt  # what moved: the weights, or only the batch-norm statistics
             metrics = r.pop("_metrics")
             if v == variants[0]:
                 parts["before"].append(metrics["before"])
