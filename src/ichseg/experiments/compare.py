@@ -40,16 +40,17 @@ def common_rows(cfg_dirs: list[Path], folds: list[int] | None = None) -> tuple[l
     return shared, {name: [r for k in shared for r in v[k]["rows"]] for name, v in loaded.items()}
 
 
-def compare(cfg_dirs: list[Path], point: dict[str, Any], folds: list[int] | None = None) -> dict[str, Any]:
-    """Metrics of each configuration at ``point`` on their shared folds."""
+def scored(rows: list[dict[str, Any]], point: dict[str, Any]) -> dict[str, Any]:
+    """One configuration's metrics at ``point``, with recall per subtype and bleed size."""
     from ichseg.evaluate.oof import metrics_at, point_rule, recall_by_group
 
+    return {**metrics_at(rows, *point_rule(point)), "groups": recall_by_group(rows, point)}
+
+
+def compare(cfg_dirs: list[Path], point: dict[str, Any], folds: list[int] | None = None) -> dict[str, Any]:
+    """Metrics of each configuration at ``point`` on their shared folds."""
     shared, rows = common_rows(cfg_dirs, folds)
-    out = {}
-    for name, r in rows.items():
-        m = metrics_at(r, *point_rule(point))
-        out[name] = {**m, "groups": recall_by_group(r, point)}
-    return {"folds": shared, "point": point, "configurations": out}
+    return {"folds": shared, "point": point, "configurations": {name: scored(r, point) for name, r in rows.items()}}
 
 
 def compare_own_points(cfg_dirs: list[Path], folds: list[int] | None = None, policy: str | None = None) -> dict[str, Any]:
@@ -57,16 +58,15 @@ def compare_own_points(cfg_dirs: list[Path], folds: list[int] | None = None, pol
     the shared folds: every configuration is flattered alike (each point is chosen on the
     patients it is scored on), so a change that only moves the calibration, e.g. a loss
     weighting that raises every probability, is not penalised for sitting off another's point."""
-    from ichseg.evaluate.oof import metrics_at, point_rule, recall_by_group
     from ichseg.evaluate.oof_grid import DEFAULT_POLICY, choose, grid
 
+    policy = policy or DEFAULT_POLICY
     shared, rows = common_rows(cfg_dirs, folds)
     out = {}
     for name, r in rows.items():
-        point = choose(grid(r, rule="outlined", veto=True), policy or DEFAULT_POLICY)
-        m = metrics_at(r, *point_rule(point))
-        out[name] = {**m, "groups": recall_by_group(r, point), "point": point}
-    return {"folds": shared, "point": None, "policy": policy or DEFAULT_POLICY, "configurations": out}
+        point = choose(grid(r, rule="outlined", veto=True), policy)
+        out[name] = {**scored(r, point), "point": point}
+    return {"folds": shared, "point": None, "policy": policy, "configurations": out}
 
 
 def point_text(p: dict[str, Any]) -> str:

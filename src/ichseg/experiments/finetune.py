@@ -155,6 +155,8 @@ def finetune(
     from ichseg.train.loop import train_model
 
     ft = ft or FinetuneConfig()
+    if ft.adapt not in ("weights", "batchnorm"):  # before any preparation or evaluation is spent
+        raise ValueError(f"adapt must be 'weights' or 'batchnorm', not {ft.adapt!r}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     work = Path(work_dir) if work_dir is not None else out_dir.parent / f".{out_dir.name}-work"
     base = load_bundle(model_dir)
@@ -190,7 +192,6 @@ def finetune(
         heads,
         ucfg,
     )  # fmt: skip  (nothing is selected on the held-out patients)
-    site_images = train.images
     if rehearse is not None and ft.adapt != "weights":
         log.warning("rehearsal is for training weights; with adapt=%s it is not used", ft.adapt)
     rehearsal: dict[str, Any] | None = None
@@ -213,14 +214,12 @@ def finetune(
         log.info("rehearsal: %d slices of %s beside the site's %d", len(rdata.labels), rehearse, len(train.labels))
         train = concat_arrays(train, rdata)
     tuned, minutes = [], []
-    if ft.adapt not in ("weights", "batchnorm"):
-        raise ValueError(f"adapt must be 'weights' or 'batchnorm', not {ft.adapt!r}")
     for k, m in enumerate(members):
-        if ft.adapt == "batchnorm":  # the site's slices only (not the rehearsal's), no labels
+        if ft.adapt == "batchnorm":  # the site's slices only (no rehearsal is mixed in), no labels
             from ichseg.train.bn_adapt import adapt_batchnorm_stats
 
             t_bn = time.perf_counter()
-            tuned.append(adapt_batchnorm_stats(m, site_images, channels_last=True))
+            tuned.append(adapt_batchnorm_stats(m, train.images))
             minutes.append(round((time.perf_counter() - t_bn) / 60, 2))
             continue
         cfg = _train_config(umeta.get("train_config"), ft, k)

@@ -8,7 +8,11 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
+from ichseg.config import TrainConfig
 from ichseg.train.lesion_weights import lesion_weights_batch
+
+# the reference sizes live in TrainConfig, the one typed place for them
+AREA_REF_PX, THICKNESS_REF_PX = TrainConfig.lesion_area_px, TrainConfig.lesion_thickness_px
 
 
 def bce_dice_loss() -> nn.Module:
@@ -27,7 +31,7 @@ class LesionWeightedDiceBCE(nn.Module):
     The weights come from the target masks themselves, so every caller (training step,
     validation, benchmarks) gets the same loss without carrying weight maps around."""
 
-    def __init__(self, max_weight: float, area_ref_px: float = 400.0, thickness_ref_px: float = 8.0) -> None:
+    def __init__(self, max_weight: float, area_ref_px: float = AREA_REF_PX, thickness_ref_px: float = THICKNESS_REF_PX) -> None:
         super().__init__()
         self.dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
         self.max_weight = max_weight
@@ -51,8 +55,8 @@ class SegmentationLoss(nn.Module):
         self,
         head_weight: float = 0.5,
         lesion_max_weight: float = 0.0,
-        lesion_area_px: float = 400.0,
-        lesion_thickness_px: float = 8.0,
+        lesion_area_px: float = AREA_REF_PX,
+        lesion_thickness_px: float = THICKNESS_REF_PX,
     ) -> None:
         super().__init__()
         self.mask_loss = (
