@@ -573,3 +573,29 @@ def test_interrupting_a_batch_ends_its_workers_and_a_rerun_finishes(
     assert main(args) == 0  # the rerun predicts the rest, and nothing half-written is left
     assert {p.parent.name for p in out.glob("*/study.json")} == {p.name for p in root.iterdir()}
     assert not list(out.glob(".partial-*"))
+
+
+def test_int8_export_survives_a_failing_symbolic_shape_pass(
+    trained: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """onnxruntime's symbolic shape inference raised TypeError on the shipped U-Net's Concat,
+    which crashed the default ``ichseg bench``; the export must fall back to ONNX's own shape
+    inference and still write a calibrated int8 graph."""
+    pytest.importorskip("onnxruntime")
+    from onnxruntime.quantization import shape_inference
+
+    real = shape_inference.quant_pre_process
+    calls: list[bool] = []
+
+    def flaky(src: str, dst: str, skip_symbolic_shape: bool = False, **kw: object) -> None:
+        calls.append(skip_symbolic_shape)
+        if not skip_symbolic_shape:
+            raise TypeError("unsupported operand type(s) for +: 'NoneType' and 'int'")
+        real(src, dst, skip_symbolic_shape=skip_symbolic_shape, **kw)
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", flaky)
+    assert main(["export", "--onnx", "--model", str(trained)]) == 0
+    with caplog.at_level("WARNING", logger="ichseg"):
+        assert main(["export", "--onnx", "--int8", "--data", str(tiny_data), "--model", str(trained)]) == 0
+    assert calls == [False, True] and "symbolic shape inference failed" in caplog.text
+    assert json.loads((trained / "unet.int8.onnx.json").read_text())["calibration_slices"] > 0

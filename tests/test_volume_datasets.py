@@ -194,7 +194,9 @@ def test_ctich_exported_to_nnunet_reads_back_as_the_same_index(tiny_data: Path, 
     assert json.loads((tmp_path / "work" / "dataset.json").read_text())["layout"] == "nnunet"
 
 
-def test_finetune_starts_from_the_bundle_and_scores_held_out_patients_before_and_after(tiny_data: Path, tmp_path: Path) -> None:
+def test_finetune_starts_from_the_bundle_and_scores_held_out_patients_before_and_after(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from safetensors.torch import load_file
 
     from ichseg.cli import main
@@ -226,6 +228,14 @@ def test_finetune_starts_from_the_bundle_and_scores_held_out_patients_before_and
     assert a.keys() == b.keys() and any(not (a[k] == b[k]).all() for k in a)  # trained on, from the same weights
     bundle = load_bundle(out)
     assert bundle.meta["finetune"]["finetuned_from"] == str(base.resolve())
+    # the members resume from the work folder: a rerun with another schedule into it is
+    # refused (it once silently reused the old members), the same schedule resumes
+    work = tmp_path / ".site-model-work"
+    assert (work / "finetune-run.json").exists()
+    assert main([*args, "--epochs", "2", "--samples-per-epoch", "8", "--held-out", "0.4", "--no-progress"]) == 2
+    assert "started with another finetune_config" in capsys.readouterr().err
+    assert main([*args, "--epochs", "1", "--samples-per-epoch", "8", "--held-out", "0.4", "--no-progress"]) == 0
+    assert load_file(str(out / "unet.safetensors")).keys() == b.keys()
     assert bundle.meta["unet"]["finetuned_from"] == str(base.resolve())
     # rehearsal: the base data mixed in, as many slices as the site's fine-tuning part
     out2 = tmp_path / "site-model-rehearsed"

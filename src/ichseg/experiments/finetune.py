@@ -110,6 +110,26 @@ def rehearsal_subset(data: Arrays, n_slices: int, seed: int) -> Arrays:
     return data.take(keep)
 
 
+def claim_work(work: Path, run: dict[str, Any]) -> None:
+    """Record what ``work``'s members are trained for, or refuse a work folder started for
+    another run. Members resume from ``work/members/<k>``; without this check a rerun with
+    another schedule, base model, data or split into the same ``--work`` silently reused the
+    old members (a 16-epoch check once reported a 4-epoch run's networks)."""
+    path = work / "finetune-run.json"
+    body = json.loads(json.dumps(run))  # what JSON keeps (tuples as lists), for the comparison
+    if path.exists():
+        saved = load_json(path)
+        if saved != body:
+            changed = sorted(k for k in body.keys() | saved.keys() if body.get(k) != saved.get(k))
+            raise ValueError(
+                f"{path}: this work folder holds a fine-tuning started with another {', '.join(changed)}; "
+                "give another --work or delete it"
+            )
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(body, indent=1) + "\n")
+
+
 def held_out_scores(metrics: dict[str, Any]) -> dict[str, Any]:
     p = metrics
     return {
@@ -213,6 +233,13 @@ def finetune(
                      "patients": rsplit["train"], "site_slices": len(train.labels)}  # fmt: skip
         log.info("rehearsal: %d slices of %s beside the site's %d", len(rdata.labels), rehearse, len(train.labels))
         train = concat_arrays(train, rdata)
+    claim_work(work, {
+        "base_unet_sha256": sha256_file(model_dir / "unet.safetensors"),
+        "data_checksum": prep.data_checksum,
+        "split": split,
+        "finetune_config": to_dict(ft),
+        "rehearsal": None if rehearsal is None else {k: rehearsal[k] for k in ("data_checksum", "patients", "slices")},
+    })  # fmt: skip
     tuned, minutes = [], []
     for k, m in enumerate(members):
         if ft.adapt == "batchnorm":  # the site's slices only (no rehearsal is mixed in), no labels

@@ -159,7 +159,13 @@ def export_int8_unet(model_dir: Path, calibration_studies: list[Path], max_slice
     path = model_dir / GRAPH_RUNTIMES["onnx-int8"][2]
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "unet.prepared.onnx"
-        quant_pre_process(str(model_dir / "unet.onnx"), str(prepared))
+        try:
+            quant_pre_process(str(model_dir / "unet.onnx"), str(prepared))
+        except (TypeError, ValueError) as err:  # onnxruntime's symbolic shape pass fails on some exports
+            # (the shipped U-Net's Concat of an upsampled and a skip tensor); ONNX's own shape
+            # inference and the graph optimisation are what quantisation needs from this step
+            log.warning("symbolic shape inference failed (%s); quantising with ONNX shape inference only", err)
+            quant_pre_process(str(model_dir / "unet.onnx"), str(prepared), skip_symbolic_shape=True)
 
         def write(out: Path) -> None:
             quantize_static(
