@@ -32,3 +32,10 @@ def test_training_variants_change_one_setting(name: str, field: str, value: obje
     assert getattr(child.train_unet, field) == value
     assert dataclasses.replace(child.train_unet, **{field: getattr(parent.train_unet, field)}) == parent.train_unet
     assert child.unet == parent.unet and child.pipeline == parent.pipeline
+
+
+def test_the_lite_variant_only_narrows_the_network() -> None:
+    parent, lite = preset("robust-384"), preset("robust-384-lite")
+    assert lite.unet.base_filters == 8 < parent.unet.base_filters
+    assert dataclasses.replace(lite.unet, base_filters=parent.unet.base_filters) == parent.unet
+    assert lite.train_unet == parent.train_unet and lite.pipeline == parent.pipeline
