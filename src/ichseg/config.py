@@ -297,8 +297,8 @@ def preset(name: str) -> RunConfig:
       twice the U-Net's inference cost for fewer isolated false-positive blobs.
     - ``robust-384-lite``: ``robust-384`` with 8 base filters instead of 16: a quarter of the
       network's arithmetic (3.3 instead of 13 GFLOP per slice), for CPUs without bf16, where
-      the 16-filter network takes 4 s per 30-slice study at float32 (AVX2-only EPYC) against
-      the 3 s whole-process target; trained by the same recipe, so its folds say what the
+      the 16-filter network takes 4.8 s in process, 5.6 s as a whole process, per 30-slice study
+      at float32 (AVX2-only EPYC) against the 3 s whole-process target; trained by the same recipe, so its folds say what the
       speed costs in accuracy.
     - ``demo``: the embedded synthetic demo, sized to finish in minutes.
     """

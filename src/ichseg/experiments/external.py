@@ -145,24 +145,32 @@ def run_case(dest: Path, case: Case, model: Path | None, work: Path) -> dict[str
     return row
 
 
+def skull_cavity_depth_mm(slice_hu: Any, pixel_mm: float, bone_hu: float = 300.0) -> tuple[Any, Any]:
+    """The inside of one slice's skull ring (bone > ``bone_hu`` filled, bone removed) and
+    each pixel's depth below the inner table in mm: what the rim measurements share."""
+    import cv2
+    import numpy as np
+
+    bone = np.ascontiguousarray(slice_hu > bone_hu, dtype=np.uint8)
+    contours, _ = cv2.findContours(bone, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    filled = np.zeros_like(bone)
+    cv2.drawContours(filled, contours, -1, 1, cv2.FILLED)
+    cavity = (filled > 0) & (bone == 0)
+    return cavity, cv2.distanceTransform(cavity.astype(np.uint8), cv2.DIST_L2, 3) * pixel_mm
+
+
 def rim_excess_hu(hu: Any, pixel_mm: float) -> float | None:
     """Median HU of the 0.5-3 mm band just inside the skull minus that of deep brain (> 15 mm
     from the skull, 15-60 HU), median over the slices that show a closed skull ring: how
     much brighter than brain the inner table's partial-volume and beam-hardening rim reads,
     which a thin extra-axial bleed also does. None without such slices."""
-    import cv2
     import numpy as np
 
     out = []
     for s in np.asarray(hu, np.float32):
-        bone = np.ascontiguousarray(s > 300, dtype=np.uint8)
-        contours, _ = cv2.findContours(bone, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        filled = np.zeros_like(bone)
-        cv2.drawContours(filled, contours, -1, 1, cv2.FILLED)
-        cavity = (filled > 0) & (bone == 0)
+        cavity, depth_mm = skull_cavity_depth_mm(s, pixel_mm)
         if cavity.sum() * pixel_mm**2 < 2500:  # < 25 cm²: no brain cross-section worth measuring
             continue
-        depth_mm = cv2.distanceTransform(cavity.astype(np.uint8), cv2.DIST_L2, 3) * pixel_mm
         soft = (s > -100) & (s < 200)
         band = cavity & soft & (depth_mm > 0.5) & (depth_mm <= 3.0)
         deep = cavity & (depth_mm > 15) & (s > 15) & (s < 60)

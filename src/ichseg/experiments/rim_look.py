@@ -45,14 +45,9 @@ CTICH_PROFILE_HU = (56.0, 15.0, 7.0, 6.0, 6.0, 6.0, 6.0, 5.0, 3.0, 2.0)
 
 
 def _cavity_and_depth(slice_hu: np.ndarray, pixel_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """The inside of the skull ring (bone > BONE_HU filled, bone removed) and each pixel's
-    depth below the inner table in mm."""
-    bone = np.ascontiguousarray(slice_hu > BONE_HU, dtype=np.uint8)
-    contours, _ = cv2.findContours(bone, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    filled = np.zeros_like(bone)
-    cv2.drawContours(filled, contours, -1, 1, cv2.FILLED)
-    cavity = (filled > 0) & (bone == 0)
-    return cavity, cv2.distanceTransform(cavity.astype(np.uint8), cv2.DIST_L2, 3) * pixel_mm
+    from ichseg.experiments.external import skull_cavity_depth_mm
+
+    return skull_cavity_depth_mm(slice_hu, pixel_mm, BONE_HU)
 
 
 def depth_profile_hu(hu: np.ndarray, pixel_mm: float, min_cavity_mm2: float = 5000.0) -> dict[str, Any]:
