@@ -131,6 +131,10 @@ class TrainConfig:
     # torch build sees a GPU, else cpu). Results on a GPU differ from CPU ones by float
     # rounding, not by method.
     device: str = "cpu"
+    # Fine-tuning: batch-norm layers stay in eval mode while the weights train, so the
+    # normalisation each layer applies is the base model's (its statistics came from many
+    # patients' augmented crops; a site's few dozen would replace them; ichseg finetune)
+    freeze_batchnorm: bool = False
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,8 @@ class FinetuneConfig:
     # the batch-norm statistics, re-estimated on the site's fine-tuning slices with no
     # label used and no weight trained: ichseg.train.bn_adapt)
     adapt: str = "weights"
+    # With adapt="weights": keep every batch-norm layer's statistics (TrainConfig.freeze_batchnorm)
+    freeze_batchnorm: bool = False
 
 
 def _train_config(base: dict[str, Any] | None, ft: FinetuneConfig, member: int) -> TrainConfig:
@@ -84,6 +86,7 @@ def _train_config(base: dict[str, Any] | None, ft: FinetuneConfig, member: int) 
         patience=10**6,
         seed=ft.seed + member,
         precision=ft.precision,
+        freeze_batchnorm=ft.freeze_batchnorm,
         resume_every_steps=max(1, cfg.resume_every_steps),
     )
 

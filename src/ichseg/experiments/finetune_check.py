@@ -96,6 +96,78 @@ def pooled_scores(parts: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+VARIANTS = ("plain", "rehearsal", "batchnorm", "frozen-bn", "rehearsal-frozen-bn")
+
+
+def _variant(ft: Any, v: str) -> Any:
+    """The fine-tuning schedule of variant ``v`` (see :func:`run`)."""
+    if v not in VARIANTS:
+        raise ValueError(f"unknown variant {v!r}: one of {', '.join(VARIANTS)}")
+    if v == "batchnorm":
+        return dataclasses.replace(ft, adapt="batchnorm")
+    return dataclasses.replace(ft, freeze_batchnorm=v.endswith("frozen-bn"))
+
+
+def _score_turns(
+    model: Path, records: list, turns: list[dict[str, list[str]]], outside: list[str], site: Path, data: Path,
+    work: Path, ft: Any, variants: tuple[str, ...], parts: dict[str, list[dict[str, Any]]], runs: dict[str, Any],
+    tag: str = "",
+) -> None:  # fmt: skip
+    """Fine-tune ``model`` on each turn's half of ``site`` and score the other half, adding
+    the evaluations' metrics to ``parts`` (pooled later) and what ran to ``runs``."""
+    from ichseg.data.splits import select
+    from ichseg.evaluate.report import ensure_caches, evaluate_records
+    from ichseg.experiments.finetune import finetune
+    from ichseg.infer.pipeline import load_bundle
+
+    base = load_bundle(model)
+    for t, split in enumerate(turns):
+        clean = ensure_caches(base, select(records, split["val"]), work / "clean-cache")
+        parts["clean_jpg_base_model"].append(evaluate_records(base, clean, work / "clean-cache").metrics)
+        for v in variants:
+            kw = (
+                {"rehearse": data, "rehearse_patients": outside, "rehearse_cache": work / "clean-cache"}
+                if v.startswith("rehearsal")
+                else {}
+            )
+            ftv = _variant(ft, v)
+            r = finetune(model, site, work / f"model-{v}-{tag}{t}", ftv, work_dir=work / f"finetune-work-{v}-{tag}{t}",
+                         split=split, cache_root=work / "site-cache", **kw)  # fmt: skip
+            name = f"{v}-{tag}{t}"
+            runs[name] = {k: r[k] for k in ("finetune_patients", "held_out_patients", "train_minutes", "rehearsal")}
+            runs[name]["adapt"] = ftv.adapt  # what moved: the weights, or only the batch-norm statistics
+            runs[name]["freeze_batchnorm"] = ftv.freeze_batchnorm
+            metrics = r.pop("_metrics")
+            if v == variants[0]:
+                parts["before"].append(metrics["before"])
+            parts.setdefault(f"after_{v}", []).append(metrics["after"])
+
+
+def fold_bundle(template: Path, member: Path, out: Path) -> Path:
+    """A bundle of one cross-validation member (``member``: its ``last`` checkpoint) with
+    ``template``'s pipeline, preprocessing and operating point: a base model that never saw
+    its fold's held-out patients. Graphs and the bf16 check of the template are left out."""
+    import shutil
+
+    from ichseg.experiments.finetune import GRAPH_SUFFIXES, STALE_FILES
+    from ichseg.models.weights import load_model, save_model
+
+    if (out / "unet.safetensors").exists():
+        return out
+    net, ucfg, meta = load_model(member / "last")
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in Path(template).iterdir():
+        stale = f.name.startswith("unet.") or ".onnx" in f.name or f.suffix in GRAPH_SUFFIXES or f.name in STALE_FILES
+        if f.is_file() and not stale:
+            shutil.copy2(f, tmp / f.name)
+    save_model(net, ucfg, tmp / "unet", {k: v for k, v in meta.items() if k not in ("storage", "config", "kind")})
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
+
+
 def run(
     data: Path,
     work: Path,
@@ -104,60 +176,71 @@ def run(
     model: Path | None = None,
     *,
     variants: tuple[str, ...] = ("plain", "rehearsal"),
+    folds: tuple[int, ...] = (),
+    cv_results: Path | None = None,
+    cv_work: Path | None = None,
     **ft_kw: Any,
 ) -> dict[str, Any]:
     """Both halves of the site (seeded, stratified) take turns: fine-tune on one, score the
     other, so every site patient is scored once by a model that never saw it; each variant
     ("plain": the site alone, "rehearsal": the site plus the development patients outside
     the site, as CT-ICH JPGs; "batchnorm": no training, only the batch-norm statistics
-    re-estimated on the site's fine-tuning half) is pooled over the two turns."""
+    re-estimated on the site's fine-tuning half; "frozen-bn", "rehearsal-frozen-bn": the
+    weights train with every batch-norm layer's statistics kept) is pooled over the turns.
+
+    With ``folds`` (and ``cv_results``, ``cv_work``: a cross-validation's fold JSONs and
+    members), each fold's member is the base model and its held-out patients are the site:
+    the clean row is then a score on patients the base never saw, not an in-sample one
+    (the shipped model trained on every development patient); rehearsal draws on the
+    fold's own training patients. ``model`` is then the template bundle (operating point,
+    preprocessing) the members are put into."""
     from ichseg.data.ctich import build_index
     from ichseg.data.splits import select, split_patients
-    from ichseg.evaluate.report import ensure_caches, evaluate_records
-    from ichseg.experiments.finetune import FinetuneConfig, finetune
-    from ichseg.infer.pipeline import load_bundle
+    from ichseg.experiments.finetune import FinetuneConfig
     from ichseg.infer.shipped import default_model_dir
 
     model = Path(model) if model is not None else default_model_dir()
     records = build_index(data).records
     everyone = sorted({r.patient_id for r in records})
-    # the site: a stratified share of the development patients, cut into two stratified halves
-    pick = split_patients(records, n_patients / len(everyone), seed=7)["val"]
-    halves = split_patients(select(records, pick), 0.5, seed=0)
-    turns = [{"train": halves["train"], "val": halves["val"]}, {"train": halves["val"], "val": halves["train"]}]
-    outside = [p for p in everyone if p not in set(pick)]  # rehearsal never sees a site patient
-    site = make_site(data, work / "site", pick)
     ft = FinetuneConfig(**ft_kw)
-    base = load_bundle(model)
     parts: dict[str, list[dict[str, Any]]] = {"clean_jpg_base_model": [], "before": []}
     runs: dict[str, Any] = {}
-    for t, split in enumerate(turns):
-        clean = ensure_caches(base, select(records, split["val"]), work / "clean-cache")
-        parts["clean_jpg_base_model"].append(evaluate_records(base, clean, work / "clean-cache").metrics)
-        for v in variants:
-            kw = (
-                {"rehearse": data, "rehearse_patients": outside, "rehearse_cache": work / "clean-cache"}
-                if v == "rehearsal"
-                else {}
-            )
-            out = work / f"model-{v}-{t}"
-            ftv = dataclasses.replace(ft, adapt="batchnorm") if v == "batchnorm" else ft
-            r = finetune(
-                model, site, out, ftv, work_dir=work / f"finetune-work-{v}-{t}", split=split, cache_root=work / "site-cache", **kw
-            )
-            runs[f"{v}-{t}"] = {k: r[k] for k in ("finetune_patients", "held_out_patients", "train_minutes", "rehearsal")}
-            runs[f"{v}-{t}"]["adapt"] = ftv.adapt  # what moved: the weights, or only the batch-norm statistics
-            metrics = r.pop("_metrics")
-            if v == variants[0]:
-                parts["before"].append(metrics["before"])
-            parts.setdefault(f"after_{v}", []).append(metrics["after"])
+    if folds:
+        if cv_results is None or cv_work is None:
+            raise ValueError("folds need cv_results (the fold JSONs) and cv_work (the members)")
+        fold_json = {f: json.loads((Path(cv_results) / f"fold{f}.json").read_text()) for f in folds}
+        pick = sorted({p for f in folds for p in fold_json[f]["val_patients"]})
+        site = make_site(data, work / "site", pick)
+        halves_by_fold = {}
+        for f in folds:
+            fj = fold_json[f]
+            base = fold_bundle(model, Path(cv_work) / fj["name"] / f"fold{f}" / "train" / "unet", work / f"base-fold{f}")
+            halves = split_patients(select(records, fj["val_patients"]), 0.5, seed=0)
+            halves_by_fold[f] = halves
+            turns = [{"train": halves["train"], "val": halves["val"]}, {"train": halves["val"], "val": halves["train"]}]
+            _score_turns(base, records, turns, list(fj["train_patients"]), site, data, work, ft, variants, parts, runs,
+                         tag=f"fold{f}-")  # fmt: skip
+        base_name = f"cross-validation members of {fold_json[folds[0]]['name']}, folds {', '.join(map(str, folds))}"
+        site_info = {"patients": pick, "halves_by_fold": halves_by_fold}
+    else:
+        # the site: a stratified share of the development patients, cut into two stratified halves
+        pick = split_patients(records, n_patients / len(everyone), seed=7)["val"]
+        halves = split_patients(select(records, pick), 0.5, seed=0)
+        turns = [{"train": halves["train"], "val": halves["val"]}, {"train": halves["val"], "val": halves["train"]}]
+        outside = [p for p in everyone if p not in set(pick)]  # rehearsal never sees a site patient
+        site = make_site(data, work / "site", pick)
+        _score_turns(model, records, turns, outside, site, data, work, ft, variants, parts, runs)
+        base_name = "the shipped model" if model == default_model_dir() else model.name  # no local paths
+        site_info = {"patients": pick, "halves": halves}
+    site_info["perturbation"] = json.loads((site / "perturbed.json").read_text())
     result = {
         "held_out": {k: pooled_scores(v) for k, v in parts.items()},
         "held_out_patients": sorted(pick),
         "turns": runs,
         "finetune_config": dataclasses.asdict(ft),
-        "site": {"patients": pick, "halves": halves, "perturbation": json.loads((site / "perturbed.json").read_text())},
-        "base_model": "the shipped model" if model == default_model_dir() else model.name,  # no local paths
+        "site": site_info,
+        "base_model": base_name,
+        "clean_row_in_sample": not folds,
     }
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / "finetune_check.json", json.dumps(result, indent=1) + "\n")
@@ -171,6 +254,8 @@ LABELS = {
     "after_plain": "fine-tuned on the site alone, new scanner",
     "after_rehearsal": "fine-tuned with rehearsal, new scanner",
     "after_batchnorm": "batch-norm statistics of the site, no weight trained, new scanner",
+    "after_frozen-bn": "fine-tuned on the site alone, batch-norm statistics kept, new scanner",
+    "after_rehearsal-frozen-bn": "fine-tuned with rehearsal, batch-norm statistics kept, new scanner",
 }
 
 
@@ -195,7 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--samples-per-epoch", type=int, default=256)
     p.add_argument("--learning-rate", type=float, default=1e-4)
-    p.add_argument("--variants", default="plain,rehearsal", help="comma-separated: plain, rehearsal, batchnorm")
+    p.add_argument("--variants", default="plain,rehearsal", help="comma-separated: " + ", ".join(VARIANTS))
+    p.add_argument(
+        "--fold",
+        type=int,
+        action="append",
+        default=[],
+        help="base = this CV fold's member, site = its held-out patients (repeatable; needs --cv)",
+    )
+    p.add_argument("--cv", type=Path, default=None, help="the fold JSONs of --fold (e.g. results/cv/robust-384-lite)")
+    p.add_argument("--cv-work", type=Path, default=Path("runs/cv"), help="the cv --out folder holding the members")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     variants = tuple(v for v in a.variants.split(",") if v)
@@ -206,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         a.patients,
         a.model,
         variants=variants,
+        folds=tuple(a.fold),
+        cv_results=a.cv,
+        cv_work=a.cv_work,
         epochs=a.epochs,
         samples_per_epoch=a.samples_per_epoch,
         learning_rate=a.learning_rate,

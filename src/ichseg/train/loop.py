@@ -190,6 +190,17 @@ def validate(
     return loss, float(compute_roc_auc(torch.cat(scores), y_all))
 
 
+def set_train_mode(model: nn.Module, freeze_batchnorm: bool = False) -> None:
+    """``model.train()``, with every batch-norm layer back in eval mode when
+    ``freeze_batchnorm`` (TrainConfig.freeze_batchnorm: a fine-tune keeps the base model's
+    normalisation; its affine weights still train)."""
+    model.train()
+    if freeze_batchnorm:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def train_model(
     model_config: UNetConfig | ClassifierConfig,
     config: TrainConfig,
@@ -267,6 +278,7 @@ def train_model(
         # averages gradients over processes (gloo on CPUs, NCCL on GPUs); same start weights
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     stopped_early = state.get("stopped_early", False)
+    set_train_mode(core, config.freeze_batchnorm)
     t_start = time.perf_counter() - state["seconds"]
 
     while state["epoch"] < config.epochs and not stopped_early:
@@ -359,6 +371,7 @@ def train_model(
             world,
             device,
         )
+        set_train_mode(core, config.freeze_batchnorm)  # validate() leaves every layer in train mode
         row = {
             "epoch": epoch + 1,
             "train_loss": rs[0] / max(rs[1], 1),
