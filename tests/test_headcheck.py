@@ -94,3 +94,71 @@ def test_every_development_patient_is_a_head() -> None:
     for p in sorted((REAL_DATA / "Patients_CT").iterdir())[::6]:
         vol, _, _ = ctich_volume(p)
         assert check_head_ct(vol.hu, vol.pixel_spacing).is_head, p.name
+
+
+def head_slice(img: np.ndarray) -> None:
+    _ellipse(img, (0, 0), (80, 95), 40)  # scalp
+    _ellipse(img, (0, 0), (75, 90), 900)  # skull
+    _ellipse(img, (0, 0), (70, 85), 32)  # brain: ~187 cm², a cranial slice
+    _ellipse(img, (10, -20), (8, 20), 8)  # a ventricle
+
+
+def neck_slice(img: np.ndarray) -> None:
+    _ellipse(img, (0, 0), (60, 55), 45)  # muscles, tongue: brain-like HU
+    cv2.ellipse(img, (256, 256 - int(10 / PX)), (int(45 / PX), int(40 / PX)), 0, 180, 360, 900, int(6 / PX))  # mandible
+    _ellipse(img, (0, 35), (12, 12), 900)  # vertebra
+    _ellipse(img, (0, 35), (6, 6), 20)  # its canal and cord
+
+
+def test_slices_below_the_skull_base_are_not_read() -> None:
+    """Neck slices more than the margin below the lowest cranial slice are marked, whichever
+    way the series runs; the cranium and the slices just below it are kept; a volume
+    without a cranial slice (a child's small head, a phantom) has nothing marked."""
+    from ichseg.infer.headcheck import BELOW_BRAIN_MARGIN_MM, slices_below_brain
+
+    heads, necks = _volume(head_slice, n=8), _volume(neck_slice, n=20, seed=1)
+    hu = np.concatenate([necks, heads])  # slice 0 the lowest, 5 mm apart
+    z = np.arange(len(hu)) * 5.0
+    below, info = slices_below_brain(hu, (PX, PX), z)
+    lowest = 20 * 5.0
+    assert np.array_equal(below, z < lowest - BELOW_BRAIN_MARGIN_MM)
+    assert 0 < below.sum() < 20 and info["slices_not_read"] == below.sum() and "skull base" in info["why"]
+    flipped, _ = slices_below_brain(hu[::-1], (PX, PX), z[::-1])  # vertex first: heights fall
+    assert np.array_equal(flipped, below[::-1])
+    # the head check found the same cranial slices, and its answer is reused
+    check = check_head_ct(hu, (PX, PX))
+    assert check.is_head and check.cranial == tuple([False] * 20 + [True] * 8)
+    assert np.array_equal(slices_below_brain(hu, (PX, PX), z, check.cranial)[0], below)
+    none, info = slices_below_brain(necks, (PX, PX), z[:20])
+    assert not none.any() and info is None
+
+
+def test_unread_slices_give_no_answer() -> None:
+    from ichseg.infer.study import StudyPrediction
+    from ichseg.infer.volume import unread_prediction
+
+    masks = [np.ones((4, 4), bool), np.ones((4, 4), bool), np.zeros((4, 4), bool)]
+    pred = StudyPrediction(
+        masks, np.array([True, True, False]), {"hemorrhage": np.array([0.99, 0.7, 0.2])}, np.array([0.9, 0.8, 0.1]),
+        review=np.array([False, False, True]),
+    )  # fmt: skip
+    out = unread_prediction(pred, np.array([True, False, False]))
+    assert not out.masks[0].any() and out.masks[1].all()
+    assert list(out.verdict) == [False, True, False] and out.scan_probability == pytest.approx(0.7)
+    assert list(out.review) == [False, False, True] and out.max_probability[0] == 0
+
+
+@pytest.mark.skipif(not REAL_DATA.exists(), reason="needs ../shared/ct-ich")
+def test_ct_ich_necks_are_not_read_and_no_bleed_is_lost() -> None:
+    """123 shows its mouth and neck (slices 1-8 not read); 080's bleed lies lowest of all
+    the labelled ones relative to its cranium (10 mm below its lowest cranial slice)."""
+    from ichseg.data.convert import ctich_volume
+    from ichseg.infer.headcheck import slices_below_brain
+    from ichseg.infer.volume import superior_mm
+
+    for pid, expected in (("123", list(range(1, 9))), ("080", [])):
+        vol, truth, _ = ctich_volume(REAL_DATA / "Patients_CT" / pid)
+        check = check_head_ct(vol.hu, vol.pixel_spacing)
+        below, _ = slices_below_brain(vol.hu, vol.pixel_spacing, superior_mm(vol), check.cranial)
+        assert list(np.flatnonzero(below) + 1) == expected, pid
+        assert not (below & np.asarray(truth).reshape(len(truth), -1).any(1)).any()

@@ -82,6 +82,8 @@ def _predict_volume(args: argparse.Namespace, kind: str) -> int:
         print(f"for review (the slice head suspects blood, nothing outlined): slices {s['review_slices']}")
     for caution in s.get("cautions", []):
         print(f"caution: {caution}")
+    if s.get("slices_not_read"):
+        print(f"not read: slices {_ranges(s['slices_not_read'])}, {s['below_skull_base']['why']}")
     # the answer last
     print(
         f"{kind} {volume.shape[0]} slices, {s['spacing_mm'][1]:.2f}×{s['spacing_mm'][2]:.2f}×{s['spacing_mm'][0]:.1f} mm: "
@@ -221,3 +223,14 @@ def register(sub) -> None:
     )
     s.add_argument("--data", type=Path, default=None, help="CT-ICH folder whose studies calibrate --int8")
     s.set_defaults(func=cmd_export)
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 7] as "1-3, 7"."""
+    out: list[str] = []
+    for n in sorted(numbers):
+        if out and n == int(out[-1].split("-")[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)

@@ -78,8 +78,12 @@ def write_report(
             f"scan sensitivity ({how})": _round(cv["scan"]["sensitivity"]),
             f"scan specificity ({how})": _round(cv["scan"]["specificity"]),
         }
-    if summary.get("cautions"):
-        info["limitations"] = list(summary["cautions"])
+    limits = list(summary.get("cautions") or [])
+    if summary.get("slices_not_read"):
+        n = len(summary["slices_not_read"])
+        limits.append(f"{n} slice(s) at the bottom of the series not read: {summary['below_skull_base']['why']}")
+    if limits:
+        info["limitations"] = limits
     report = {**summary, "slice_threshold": bundle.pipeline.head_threshold}
     write_report_html(
         out_dir / "report.html",

@@ -55,7 +55,7 @@ def predict_volume(
     Unless ``head_check`` is False, a volume that does not show a head CT
     (:mod:`ichseg.infer.headcheck`) raises :class:`~ichseg.infer.headcheck.NotAHeadCT`
     before anything is written."""
-    from ichseg.infer.headcheck import NotAHeadCT, check_head_ct
+    from ichseg.infer.headcheck import NotAHeadCT, check_head_ct, slices_below_brain
     from ichseg.infer.study import predict_windows
     from ichseg.io.hu import hu_to_windows
     from ichseg.io.nifti import write_mask_nifti
@@ -87,6 +87,12 @@ def predict_volume(
     pred = predict_windows(bundle, [to_frame(b, frame) for b in in_brain], [to_frame(b, frame) for b in in_bone])
     if slabs_info is not None:
         pred = thin_prediction(pred, slab)
+    unread, below_info = slices_below_brain(
+        volume.hu, volume.pixel_spacing, superior_mm(volume), head.cranial if head is not None else ()
+    )
+    if unread.any():
+        log.info("%s: %d slice(s) below the skull base not read", volume.source, int(unread.sum()))
+        pred = unread_prediction(pred, unread)
     masks = np.stack([from_frame(m, frame) for m in pred.masks])
     found = lesions(
         masks,
@@ -112,6 +118,7 @@ def predict_volume(
             "area_mm2": round(float(masks[k].sum() * volume.spacing_mm[1] * volume.spacing_mm[2]), 2),
             "hemorrhage": int(pred.verdict[k]),
             "review": int(bool(len(pred.review) and pred.review[k])),
+            "read": int(not unread[k]),
         }
         for k in range(n)
     ]
@@ -153,6 +160,9 @@ def predict_volume(
         "cautions": study_cautions(volume),
         "head_check": head.reason if head is not None else "skipped (--no-head-check)",
         "slabs": slabs_info,
+        # slices below the skull base (a neck-to-vertex series): no answer is given there
+        "slices_not_read": [k + 1 for k in range(n) if unread[k]],
+        "below_skull_base": below_info,
         "model": str(bundle.path),
         "ensemble_members": bundle.members,
         "runtime": bundle.meta.get("runtime", "torch"),
@@ -207,6 +217,31 @@ def thin_prediction(pred: StudyPrediction, slab: np.ndarray) -> StudyPrediction:
         max_probability=pred.max_probability[slab],
         segmented=pred.segmented[slab] if len(pred.segmented) else pred.segmented,
         review=pred.review[slab] if len(pred.review) else pred.review,
+    )
+
+
+def superior_mm(volume: Volume) -> np.ndarray:
+    """(N,) each slice's height towards the vertex in mm (its position along the slice
+    normal, signed by which way the slice axis points: LPS +z is superior); all zeros for
+    a series that is not axial (a sagittal or coronal stack has no slice below the brain)."""
+    axis = volume.affine_lps[:3, 2]
+    cos = float(axis[2] / (np.linalg.norm(axis) or 1.0))
+    z = volume.slice_positions_mm()
+    return np.sign(cos) * z if abs(cos) >= 0.5 else np.zeros_like(z)
+
+
+def unread_prediction(pred: StudyPrediction, unread: np.ndarray) -> StudyPrediction:
+    """``pred`` with the ``unread`` slices answered "not read": no mask, no verdict, no
+    review flag, slice heads 0 (so neither the scan probability nor a subtype comes from
+    them)."""
+    keep = ~np.asarray(unread, bool)
+    return dataclasses.replace(
+        pred,
+        masks=[m if keep[k] else np.zeros_like(m) for k, m in enumerate(pred.masks)],
+        verdict=pred.verdict & keep,
+        heads={h: np.where(keep, p, 0.0) for h, p in pred.heads.items()},
+        max_probability=np.where(keep, pred.max_probability, 0.0),
+        review=pred.review & keep if len(pred.review) else pred.review,
     )
 
 
