@@ -162,3 +162,19 @@ def test_ct_ich_necks_are_not_read_and_no_bleed_is_lost() -> None:
         below, _ = slices_below_brain(vol.hu, vol.pixel_spacing, superior_mm(vol), check.cranial)
         assert list(np.flatnonzero(below) + 1) == expected, pid
         assert not (below & np.asarray(truth).reshape(len(truth), -1).any(1)).any()
+
+
+def test_skull_base_census_counts_what_is_not_read() -> None:
+    from ichseg.experiments.skull_base import census, markdown
+
+    hu = np.concatenate([_volume(neck_slice, n=20, seed=1), _volume(head_slice, n=8)])
+    z = np.arange(len(hu)) * 5.0
+    truth = np.zeros(hu.shape, bool)
+    truth[22, 250:260, 250:260] = True  # a bleed on the third cranial slice
+    row = census(hu, (PX, PX), z, truth)
+    assert row["not_read"] == list(range(1, 9)) and row["labelled_slices_not_read"] == 0
+    assert row["lowest_bleed_above_lowest_cranial_mm"] == 10.0
+    table = {"margin_mm": 60.0, "cranial_brain_cm2": 100.0, "ct_ich": {"x": row},
+             "ct_ich_totals": {"patients": 1, "slices_not_read": 8, "labelled_slices_not_read": 0,
+                               "lowest_bleed_above_lowest_cranial_mm": 10.0}}  # fmt: skip
+    assert "| x | 28 | 1, 2, 3, 4, 5, 6, 7, 8 |" in markdown(table)
