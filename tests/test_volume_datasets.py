@@ -241,7 +241,8 @@ def test_finetune_starts_from_the_bundle_and_scores_held_out_patients_before_and
     out2 = tmp_path / "site-model-rehearsed"
     args2 = ["finetune", "--model", str(base), "--data", str(tiny_data), "--out", str(out2), "--image-size", "96"]
     assert main([*args2, "--epochs", "1", "--samples-per-epoch", "8", "--held-out", "0.4", "--no-progress",
-                 "--rehearse", str(tiny_data), "--rehearsal-ratio", "0.5"]) == 0  # fmt: skip
+                 "--rehearse", str(tiny_data), "--rehearsal-ratio", "0.5", "--keep-batchnorm"]) == 0  # fmt: skip
+    assert json.loads((out2 / "finetune.json").read_text())["finetune_config"]["freeze_batchnorm"] is True
     reh = json.loads((out2 / "finetune.json").read_text())["rehearsal"]
     assert reh["slices"] == round(0.5 * reh["site_slices"]) and reh["data_checksum"]
     # batch-norm adaptation (kept for experiments.finetune_check) needs batch norm: this

@@ -19,6 +19,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         held_out_fraction=args.held_out,
         seed=args.seed,
         rehearsal_ratio=args.rehearsal_ratio,
+        freeze_batchnorm=args.keep_batchnorm,
     )
     r = finetune(
         args.model or default_model_dir(),
@@ -60,4 +61,10 @@ def register(sub) -> None:
         help="a dataset the base model knows (e.g. CT-ICH) mixed into every epoch, so it keeps what it learned",
     )
     s.add_argument("--rehearsal-ratio", type=float, default=1.0, help="rehearsal slices per site slice (default 1)")
+    s.add_argument(
+        "--keep-batchnorm",
+        action="store_true",
+        help="keep the base model's batch-norm statistics while the weights train "
+        "(measured: more of the recall a new scanner cost comes back, at some precision; docs/RESULTS.md)",
+    )
     s.set_defaults(func=cmd_finetune)
