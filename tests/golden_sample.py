@@ -27,7 +27,9 @@ def sample_outputs(out_dir: Path) -> dict[str, Any]:
     from ichseg.sample import sample_study_dir
 
     study = sample_study_dir()
-    rc = main(["-q", "predict", str(study), "--out", str(out_dir), "--runtime", "torch", "--precision", "fp32"])
+    # the 16-filter network by name: at float32 the default would be the lite one
+    cmd = ["-q", "predict", str(study), "--out", str(out_dir), "--model", str(PACKAGED_MODEL)]
+    rc = main([*cmd, "--runtime", "torch", "--precision", "fp32"])
     assert rc == 0
     summary = json.loads((out_dir / "summary.json").read_text())
     preds = json.loads((out_dir / "predictions.json").read_text())

@@ -55,15 +55,16 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if not a.any() and not b.any() else float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
 
-def test_a_thin_remake_gives_the_masks_of_its_five_mm_original(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shipped", ["full", "lite"])
+def test_a_thin_remake_gives_the_masks_of_its_five_mm_original(shipped: str, tmp_path: Path) -> None:
     from ichseg.data.convert import ctich_volume
     from ichseg.infer.pipeline import load_bundle
-    from ichseg.infer.shipped import default_model_dir
+    from ichseg.infer.shipped import shipped_model_dir
     from ichseg.infer.volume import predict_volume
 
     thick, _, _ = ctich_volume(SAMPLE)
     thin = thin_remake(thick, 4, noise_hu=8.0)
-    bundle = load_bundle(default_model_dir(), runtime="auto", precision="fp32")
+    bundle = load_bundle(shipped_model_dir(shipped), runtime="auto", precision="fp32")
     ref = predict_volume(bundle, thick, tmp_path / "thick")
     got = predict_volume(bundle, thin, tmp_path / "thin")
     assert got["slices"] == 4 * ref["slices"] and got["slabs"]["slabs"] == ref["slices"]
@@ -79,19 +80,21 @@ def test_a_thin_remake_gives_the_masks_of_its_five_mm_original(tmp_path: Path) -
 
 
 @pytest.mark.skipif(not REAL_DATA.exists(), reason="needs ../shared/ct-ich")
-def test_a_normal_head_remade_at_1_mm_with_thin_slice_noise_stays_negative(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shipped", ["full", "lite"])
+def test_a_normal_head_remade_at_1_mm_with_thin_slice_noise_stays_negative(shipped: str, tmp_path: Path) -> None:
     """Patient 100 (no hemorrhage) as 1 mm slices with σ 10 HU of correlated noise: read
-    slice by slice, the shipped model calls it bleeding (scan probability 0.52, 3 slices,
+    slice by slice, the shipped (16-filter) model calls it bleeding (scan probability 0.52, 3 slices,
     measured when this test was written); read as slabs it stays negative."""
     from ichseg.data.convert import ctich_volume
     from ichseg.infer.pipeline import load_bundle
-    from ichseg.infer.shipped import default_model_dir
+    from ichseg.infer.shipped import shipped_model_dir
     from ichseg.infer.volume import predict_volume
 
     thick, truth, _ = ctich_volume(REAL_DATA / "Patients_CT" / "100")
     assert not truth.any()
-    bundle = load_bundle(default_model_dir(), runtime="auto", precision="fp32")
+    bundle = load_bundle(shipped_model_dir(shipped), runtime="auto", precision="fp32")
     got = predict_volume(bundle, thin_remake(thick, 5, noise_hu=10.0), tmp_path / "thin")
     assert got["slabs"]["slabs"] == thick.shape[0] and got["slices"] == 5 * thick.shape[0]
     assert not got["hemorrhage"] and got["total_volume_ml"] == 0.0
-    assert got["scan_probability"] < bundle.pipeline.head_threshold
+    if bundle.pipeline.head_threshold is not None:  # the lite network's verdict has no head gate
+        assert got["scan_probability"] < bundle.pipeline.head_threshold

@@ -90,10 +90,20 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if not a.any() and not b.any() else 2 * (a & b).sum() / (a.sum() + b.sum())
 
 
+# Mask Dice the HU paths must reach against the JPG path: the lite network's lower mask
+# threshold (0.3 against 0.6) makes its outlines follow the HU round trip's grey-level
+# differences more (0.9798 on 049 at float32 when it was installed)
+MIN_PATH_DICE = {"full": 0.98, "lite": 0.97}
+
+
 @pytest.mark.skipif(not REAL_DATA.exists(), reason="needs ../shared/ct-ich")
-@pytest.mark.parametrize("patient", ["066", "049"])
-def test_jpg_dicom_and_nifti_paths_give_the_same_masks(patient: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("patient", "shipped"), [("066", "full"), ("049", "full"), ("049", "lite")])
+def test_jpg_dicom_and_nifti_paths_give_the_same_masks(
+    patient: str, shipped: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ichseg.data.convert import convert_patient
+
+    monkeypatch.setenv("ICHSEG_MODEL", shipped)
 
     src = REAL_DATA / "Patients_CT" / patient
     dicom = convert_patient(src, "dicom", tmp_path / "dicom")
@@ -115,7 +125,7 @@ def test_jpg_dicom_and_nifti_paths_give_the_same_masks(patient: str, tmp_path: P
     for name in ("dicom", "nifti", "messy"):
         got = _masks(tmp_path / f"out-{name}")
         assert got.shape == ref.shape, name
-        assert _dice(got, ref) >= 0.98, (name, _dice(got, ref))
+        assert _dice(got, ref) >= MIN_PATH_DICE[shipped], (name, _dice(got, ref))
     a = json.loads((tmp_path / "out-dicom" / "summary.json").read_text())
     b = json.loads((tmp_path / "out-messy" / "summary.json").read_text())
     assert a["total_volume_ml"] == pytest.approx(b["total_volume_ml"], abs=1e-6)

@@ -46,7 +46,9 @@ def bundle_dir(args: argparse.Namespace) -> Path:
     """``--model`` or, when none is named, the model shipped inside the package."""
     from ichseg.infer.shipped import default_model_dir
 
-    return Path(args.model) if args.model else default_model_dir()
+    if args.model:
+        return Path(args.model)
+    return default_model_dir(getattr(args, "runtime", None) or "auto", getattr(args, "precision", None) or "auto")
 
 
 def add_common(sp: argparse.ArgumentParser, data_required: bool = True) -> None:

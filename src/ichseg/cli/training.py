@@ -114,6 +114,12 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shipped_dest(args: argparse.Namespace) -> Path:
+    from ichseg.infer.shipped import SHIPPED_MODELS
+
+    return SHIPPED_MODELS[args.install_as]
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     from ichseg.experiments.folds import is_ensemble_dir
     from ichseg.experiments.release import install, train_release
@@ -140,7 +146,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         )
         print(f"single network -> {bundle} ({(time.perf_counter() - t0) / 60:.1f} min)")
         if args.install:
-            print(f"installed as the shipped model -> {install(bundle)}")
+            print(f"installed as the shipped {args.install_as} model -> {install(bundle, _shipped_dest(args))}")
         return 0
     if is_ensemble_dir(Path(args.cv)):  # the fold members are the model: assembled, not retrained
         from ichseg.experiments.assemble import assemble
@@ -155,7 +161,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         )
         print(f"fold ensemble -> {bundle} ({(time.perf_counter() - t0) / 60:.1f} min)")
         if args.install:
-            print(f"installed as the shipped model -> {install(bundle)}")
+            print(f"installed as the shipped {args.install_as} model -> {install(bundle, _shipped_dest(args))}")
         return 0
     bundle = train_release(
         Path(args.data),
@@ -169,7 +175,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     )
     print(f"model bundle -> {bundle} ({(time.perf_counter() - t0) / 60:.1f} min)")
     if args.install:
-        print(f"installed as the shipped model -> {install(bundle)}")
+        print(f"installed as the shipped {args.install_as} model -> {install(bundle, _shipped_dest(args))}")
     return 0
 
 
@@ -234,7 +240,13 @@ def register(sub) -> None:
     s.add_argument("--cv", type=Path, required=True, help="the configuration's fold JSONs (e.g. results/cv/hires)")
     s.add_argument("--cv-work", type=Path, default=Path("runs/cv"), help="fold ensembles: the cv --out folder with the members")
     s.add_argument("--policy", default=None, help="fold ensembles: operating-point policy (default scan_safe_f2_dice)")
-    s.add_argument("--install", action="store_true", help="copy the bundle into the package as the shipped default")
+    s.add_argument("--install", action="store_true", help="copy the bundle into the package as a shipped model")
+    s.add_argument(
+        "--install-as",
+        choices=("full", "lite"),
+        default="full",
+        help="with --install: the default where bf16 runs (full) or where only float32 runs (lite)",
+    )
     s.add_argument(
         "--single",
         action="store_true",

@@ -215,10 +215,10 @@ def coarse_check(data: Path, patients: list[str], model: Path | None, work: Path
     """Each CT-ICH patient as stored and at each of ``pixels_mm``: verdict, mL, lesions."""
     from ichseg.data.convert import ctich_volume
     from ichseg.infer.pipeline import load_bundle
-    from ichseg.infer.shipped import default_model_dir
+    from ichseg.infer.shipped import shipped_model_dir
     from ichseg.infer.volume import predict_volume
 
-    bundle = load_bundle(Path(model) if model else default_model_dir(), runtime="auto", precision="fp32")
+    bundle = load_bundle(Path(model) if model else shipped_model_dir("full"), runtime="auto", precision="fp32")
     out = []
     for pid in patients:
         vol, truth, _ = ctich_volume(Path(data) / "Patients_CT" / pid)

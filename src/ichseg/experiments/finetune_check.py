@@ -197,9 +197,9 @@ def run(
     from ichseg.data.ctich import build_index
     from ichseg.data.splits import select, split_patients
     from ichseg.experiments.finetune import FinetuneConfig
-    from ichseg.infer.shipped import default_model_dir
+    from ichseg.infer.shipped import shipped_model_dir
 
-    model = Path(model) if model is not None else default_model_dir()
+    model = Path(model) if model is not None else shipped_model_dir("full")
     records = build_index(data).records
     everyone = sorted({r.patient_id for r in records})
     ft = FinetuneConfig(**ft_kw)
@@ -230,7 +230,7 @@ def run(
         outside = [p for p in everyone if p not in set(pick)]  # rehearsal never sees a site patient
         site = make_site(data, work / "site", pick)
         _score_turns(model, records, turns, outside, site, data, work, ft, variants, parts, runs)
-        base_name = "the shipped model" if model == default_model_dir() else model.name  # no local paths
+        base_name = "the shipped model" if model == shipped_model_dir("full") else model.name  # no local paths
         site_info = {"patients": pick, "halves": halves}
     site_info["perturbation"] = json.loads((site / "perturbed.json").read_text())
     result = {

@@ -173,14 +173,14 @@ def look(
     """The measurements above for one registry case (and CT-ICH ``patients`` from ``data``)."""
     from ichseg.experiments.external import CASES, case_input, fetch
     from ichseg.infer.pipeline import load_bundle
-    from ichseg.infer.shipped import default_model_dir
+    from ichseg.infer.shipped import shipped_model_dir
     from ichseg.io.nifti import read_nifti
 
     dest = fetch(fetch_dir)
     (case,) = [c for c in CASES if c.name == case_name]
     vol = read_nifti(case_input(dest, case))
     px = float(vol.pixel_spacing[0])
-    bundle = load_bundle(default_model_dir(), runtime="auto", precision="fp32")
+    bundle = load_bundle(shipped_model_dir("full"), runtime="auto", precision="fp32")
     prof = depth_profile_hu(vol.hu, px)
     variants = {
         "as read": vol.hu,

@@ -128,7 +128,7 @@ def model_name(bundle: Bundle) -> str:
     """The model as a reader should see it: what it is, never a path on this machine."""
     cv = Path(str(bundle.meta.get("calibration", {}).get("cv", ""))).name
     kind = f"fold ensemble of {bundle.members} '{cv}' members" if bundle.members > 1 and cv else "single network"
-    return f"{kind} (CT-ICH, {bundle.unet_config.input_size_px}-px U-Net)"
+    return f"{kind} (CT-ICH, {bundle.unet_config.input_size_px}-px U-Net, {bundle.unet_config.base_filters} filters)"
 
 
 def study_label(volume: Any) -> str | None:

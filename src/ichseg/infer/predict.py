@@ -17,6 +17,7 @@ from ichseg.data.context import with_context
 from ichseg.data.ctich import MASK_SUFFIX, DatasetError
 from ichseg.files import atomic_write_csv, atomic_write_png, atomic_write_text
 from ichseg.infer.pipeline import Bundle
+from ichseg.infer.shipped import shipped_record
 from ichseg.report.overlay import overlay_rgb
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ def predict_path(bundle: Bundle, path: Path, out_dir: Path, *, write_overlays: b
         "study_hemorrhage": int(any(r["hemorrhage"] for r in rows)),
         "review_slices": [r["slice"] for r in rows if r["review"]],
         "model": str(bundle.path),
+        "shipped_model": shipped_record(bundle.path),
         "runtime": bundle.meta.get("runtime", "torch"),
         "precision": bundle.meta.get("precision", "fp32"),
         "scan_probability": round(float(cls_prob.max()), 5) if len(cls_prob) else 0.0,
@@ -222,6 +224,7 @@ def write_study_summary(
         "review_slices": [k + 1 for k in range(n) if len(pred.review) and pred.review[k]],
         "spacing_mm": list(spacing),
         "model": detail["model"],
+        "shipped_model": detail.get("shipped_model"),
         "ensemble_members": bundle.members,
         "runtime": detail["runtime"],
         "precision": detail["precision"],

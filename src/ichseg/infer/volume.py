@@ -35,6 +35,7 @@ from ichseg.infer.clinical import (
     write_report,
 )
 from ichseg.infer.pipeline import Bundle
+from ichseg.infer.shipped import shipped_record
 from ichseg.infer.study import StudyPrediction
 from ichseg.io.volume import Volume
 
@@ -164,6 +165,7 @@ def predict_volume(
         "slices_not_read": [k + 1 for k in range(n) if unread[k]],
         "below_skull_base": below_info,
         "model": str(bundle.path),
+        "shipped_model": shipped_record(bundle.path),
         "ensemble_members": bundle.members,
         "runtime": bundle.meta.get("runtime", "torch"),
         "precision": bundle.meta.get("precision", "fp32"),

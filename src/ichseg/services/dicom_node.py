@@ -207,7 +207,8 @@ class DicomNode:
             from ichseg.infer.pipeline import load_bundle
             from ichseg.infer.shipped import default_model_dir
 
-            self._bundle = load_bundle(self.config.model_dir or default_model_dir(), runtime=self.config.runtime)
+            model_dir = self.config.model_dir or default_model_dir(self.config.runtime)
+            self._bundle = load_bundle(model_dir, runtime=self.config.runtime)
         return self._bundle
 
     def process(self, job: SeriesJob) -> Path:

@@ -97,7 +97,8 @@ class Service:
             from ichseg.infer.pipeline import load_bundle
             from ichseg.infer.shipped import default_model_dir
 
-            self._bundle = load_bundle(self.config.model_dir or default_model_dir(), runtime=self.config.runtime)
+            model_dir = self.config.model_dir or default_model_dir(self.config.runtime)
+            self._bundle = load_bundle(model_dir, runtime=self.config.runtime)
         with self.slots.slot():
             return predict_any(self._bundle, path, out, head_check=self.config.head_check, stage=stage)
 
