@@ -15,9 +15,6 @@ from ichseg.infer import pipeline, shipped
 def _fresh_choice(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv(shipped.MODEL_ENV, raising=False)
     monkeypatch.delenv("ICHSEG_PRECISION", raising=False)
-    shipped._choose.cache_clear()
-    yield
-    shipped._choose.cache_clear()
 
 
 def _precision(answer: str):
@@ -28,7 +25,6 @@ def test_bf16_gets_the_full_network_and_float32_the_lite_one(monkeypatch: pytest
     monkeypatch.setattr(pipeline, "bundle_precision", _precision("bf16"))
     got = shipped.choose_shipped("torch")
     assert got.name == "full" and got.path == shipped.PACKAGED_MODEL and "bf16" in got.reason
-    shipped._choose.cache_clear()
     monkeypatch.setattr(pipeline, "bundle_precision", _precision("fp32"))
     got = shipped.choose_shipped("torch")
     assert got.name == "lite" and got.path == shipped.PACKAGED_LITE_MODEL and "float32" in got.reason

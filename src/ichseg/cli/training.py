@@ -114,15 +114,18 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shipped_dest(args: argparse.Namespace) -> Path:
-    from ichseg.infer.shipped import SHIPPED_MODELS
+def _install_if_asked(args: argparse.Namespace, bundle: Path) -> None:
+    """``--install``: copy ``bundle`` into the package as the shipped ``--install-as`` model."""
+    if args.install:
+        from ichseg.experiments.release import install
+        from ichseg.infer.shipped import SHIPPED_MODELS
 
-    return SHIPPED_MODELS[args.install_as]
+        print(f"installed as the shipped {args.install_as} model -> {install(bundle, SHIPPED_MODELS[args.install_as])}")
 
 
 def cmd_release(args: argparse.Namespace) -> int:
     from ichseg.experiments.folds import is_ensemble_dir
-    from ichseg.experiments.release import install, train_release
+    from ichseg.experiments.release import train_release
 
     t0 = time.perf_counter()
     if args.recalibrate is not None:
@@ -145,8 +148,7 @@ def cmd_release(args: argparse.Namespace) -> int:
             expected_size_px=args.image_size or None,
         )
         print(f"single network -> {bundle} ({(time.perf_counter() - t0) / 60:.1f} min)")
-        if args.install:
-            print(f"installed as the shipped {args.install_as} model -> {install(bundle, _shipped_dest(args))}")
+        _install_if_asked(args, bundle)
         return 0
     if is_ensemble_dir(Path(args.cv)):  # the fold members are the model: assembled, not retrained
         from ichseg.experiments.assemble import assemble
@@ -160,8 +162,7 @@ def cmd_release(args: argparse.Namespace) -> int:
             policy=args.policy,
         )
         print(f"fold ensemble -> {bundle} ({(time.perf_counter() - t0) / 60:.1f} min)")
-        if args.install:
-            print(f"installed as the shipped {args.install_as} model -> {install(bundle, _shipped_dest(args))}")
+        _install_if_asked(args, bundle)
         return 0
     bundle = train_release(
         Path(args.data),
@@ -174,8 +175,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         expected_size_px=args.image_size or None,
     )
     print(f"model bundle -> {bundle} ({(time.perf_counter() - t0) / 60:.1f} min)")
-    if args.install:
-        print(f"installed as the shipped {args.install_as} model -> {install(bundle, _shipped_dest(args))}")
+    _install_if_asked(args, bundle)
     return 0
 
 

@@ -17,7 +17,6 @@ that make the bundles (they pull in training), so it lives here;
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -38,15 +37,11 @@ CLASSIFIER_FILES = ("classifier.safetensors", "classifier.json")
 
 @dataclass(frozen=True)
 class ShippedChoice:
-    """Which shipped network runs here and why (recorded in every summary.json)."""
+    """Which shipped network runs here and why (logged when it is chosen)."""
 
     name: str
     path: Path
     reason: str
-
-    def as_json(self) -> dict[str, str]:
-        """For summary.json: the name and reason, never the local path."""
-        return {"name": self.name, "reason": self.reason}
 
 
 def _complete(path: Path) -> bool:
@@ -63,18 +58,17 @@ def shipped_model_dir(name: str = "full") -> Path:
     return path
 
 
+def _wanted_model() -> str:
+    """``ICHSEG_MODEL`` as set ("auto" when unset or empty)."""
+    return os.environ.get(MODEL_ENV, "auto") or "auto"
+
+
 def choose_shipped(runtime: str = "auto", precision: str = "auto") -> ShippedChoice:
     """The shipped network for this machine: ``full`` where the default runtime will run
     it at bf16, else ``lite`` (float32 CPUs, ``--precision fp32``, ONNX Runtime).
     ``ICHSEG_MODEL`` names one outright. A missing lite bundle falls back to ``full``.
-    Cached per process (the environment is part of the key): the answer is asked for
-    when the bundle is loaded and again when the summary records it."""
-    env = (os.environ.get(MODEL_ENV, "auto") or "auto", os.environ.get("ICHSEG_PRECISION", ""))
-    return _choose(runtime, precision, *env)
-
-
-@functools.lru_cache(maxsize=16)
-def _choose(runtime: str, precision: str, wanted: str, _precision_env: str) -> ShippedChoice:
+    Asked once per process (the bf16 probe behind it is cached on disk)."""
+    wanted = _wanted_model()
     if wanted != "auto":
         if wanted not in SHIPPED_MODELS:
             raise ValueError(f"{MODEL_ENV}={wanted!r}: choose auto, {', '.join(SHIPPED_MODELS)}")
@@ -105,7 +99,7 @@ def shipped_record(model_dir: Path) -> dict[str, str] | None:
     here = Path(model_dir).resolve()
     for name, path in SHIPPED_MODELS.items():
         if here == path.resolve():
-            wanted = os.environ.get(MODEL_ENV, "auto") or "auto"
+            wanted = _wanted_model()
             how = f"{MODEL_ENV}={wanted}" if wanted != "auto" else "full where bf16 runs, lite where float32 runs"
             return {"name": name, "selection": how}
     return None
