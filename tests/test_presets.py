@@ -16,8 +16,9 @@ def test_every_preset_builds(name: str) -> None:
     assert to_dict(preset(name))
 
 
-def test_the_tta_variant_trains_exactly_what_its_parent_trains() -> None:
-    parent, tta = preset("robust-384"), preset("robust-384-tta")
+@pytest.mark.parametrize(("parent_name", "name"), [("robust-384", "robust-384-tta"), ("robust-384-lite", "robust-384-lite-tta")])
+def test_the_tta_variant_trains_exactly_what_its_parent_trains(parent_name: str, name: str) -> None:
+    parent, tta = preset(parent_name), preset(name)
     assert training_part(parent) == training_part(tta)  # its members are the parent's networks
     assert tta.pipeline.tta_flip and not parent.pipeline.tta_flip
     assert dataclasses.replace(tta.pipeline, tta_flip=False) == parent.pipeline
