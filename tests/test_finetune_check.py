@@ -41,6 +41,16 @@ def test_variants_name_what_moves() -> None:
     assert finetune_check._variant(ft, "batchnorm").adapt == "batchnorm"
     with pytest.raises(ValueError, match="unknown variant"):
         finetune_check._variant(ft, "frozen")
+    # "-rechosen": the same training, the mask threshold chosen again afterwards
+    r = finetune_check._variant(ft, "rehearsal-frozen-bn-rechosen")
+    assert r.rechoose_threshold and r.freeze_batchnorm
+    assert not finetune_check._variant(ft, "rehearsal").rechoose_threshold
+    with pytest.raises(ValueError, match="unknown variant"):
+        finetune_check._variant(ft, "batchnorm-rechosen")  # no weight moves, no new probabilities to choose on
+    assert finetune_check.label("after_rehearsal-rechosen") == (
+        "fine-tuned with rehearsal, mask threshold re-chosen on the fine-tuning half, new scanner"
+    )
+    assert finetune_check.label("after_rehearsal-rechosen_base_point") == "fine-tuned with rehearsal, the base point, new scanner"
 
 
 def test_frozen_batchnorm_keeps_the_statistics_while_weights_train(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         seed=args.seed,
         rehearsal_ratio=args.rehearsal_ratio,
         freeze_batchnorm=args.keep_batchnorm,
+        rechoose_threshold=args.rechoose_threshold,
     )
     r = finetune(
         args.model or default_model_dir(),
@@ -37,6 +38,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         return "n/a" if v is None else f"{v:.3f}"
 
     print(f"fine-tuned {r['members']} U-Net(s) on {len(r['finetune_patients'])} patients -> {args.out}")
+    if "rechosen_threshold" in r:
+        c = r["rechosen_threshold"]
+        print(f"mask threshold re-chosen on the fine-tuning patients: {c['base_mask_threshold']} -> {c['mask_threshold']}")
     print(f"held out {len(r['held_out_patients'])} patients: " + "; ".join(f"{k} {fmt(b[k])} -> {fmt(a[k])}" for k in b))
     return 0
 
@@ -66,5 +70,11 @@ def register(sub) -> None:
         action="store_true",
         help="keep the base model's batch-norm statistics while the weights train "
         "(measured: more of the recall a new scanner cost comes back, at some precision; docs/RESULTS.md)",
+    )
+    s.add_argument(
+        "--rechoose-threshold",
+        action="store_true",
+        help="after fine-tuning, choose the mask threshold again on the fine-tuning patients "
+        "(the rest of the operating point kept); held-out scores at both points",
     )
     s.set_defaults(func=cmd_finetune)

@@ -25,9 +25,14 @@ docs/RESULTS.md): its statistics were learnt on blood-centred training crops, wh
 site slices do not resemble, so the site's own statistics are not the ones it needs.
 
 The operating point is the base bundle's: a few dozen patients are too few to choose one
-on without tuning to them. Exported ONNX/OpenVINO graphs and the bf16 check are not carried
-over (they hold or describe the old weights); ``ichseg export --onnx`` and ``ichseg
-check-precision`` make new ones.
+on without tuning to them. With ``rechoose_threshold`` one setting of it, the mask
+threshold, is chosen again after fine-tuning on the fine-tuning patients' slices by the base
+bundle's policy (:mod:`ichseg.evaluate.rechoose`); the held-out patients are scored at the
+re-chosen point and, for comparison, at the base one (``after_base_point``).
+
+Exported ONNX/OpenVINO graphs and the bf16 check are not carried over (they hold or
+describe the old weights); ``ichseg export --onnx`` and ``ichseg check-precision`` make
+new ones.
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ class FinetuneConfig:
     adapt: str = "weights"
     # With adapt="weights": keep every batch-norm layer's statistics (TrainConfig.freeze_batchnorm)
     freeze_batchnorm: bool = False
+    # Choose the mask threshold again on the fine-tuning patients (module docstring)
+    rechoose_threshold: bool = False
 
 
 def _train_config(base: dict[str, Any] | None, ft: FinetuneConfig, member: int) -> TrainConfig:
@@ -183,6 +190,8 @@ def finetune(
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     work = Path(work_dir) if work_dir is not None else out_dir.parent / f".{out_dir.name}-work"
     base = load_bundle(model_dir)
+    if ft.rechoose_threshold and base.classifier is not None:
+        raise ValueError(f"{model_dir}: re-choosing the mask threshold needs a bundle whose U-Net has the slice heads")
     module, ucfg, umeta = load_model(model_dir / "unet")
     members = list(module.members) if hasattr(module, "members") else [module]
     # prepare() indexes the site and splits it by these two (split_patients, stratified)
@@ -283,6 +292,11 @@ def finetune(
     else:
         save_model(tuned[0], ucfg, tmp / "unet", meta)
     body = load_json(tmp / "pipeline.json")
+    rechosen = None
+    if ft.rechoose_threshold:
+        rechosen = _rechoose(load_bundle(tmp), model_dir, select(prep.records, split["train"]), prep.cache_root, skip_bad)
+        body["pipeline"] = to_dict(rechosen.pop("pipeline"))
+        provenance["rechosen_threshold"] = rechosen
     body["finetune"] = provenance
     for key in ("onnx", "graphs", "exports"):
         body.pop(key, None)
@@ -290,16 +304,52 @@ def finetune(
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.replace(out_dir)
-    after_metrics = evaluate_records(load_bundle(out_dir), held, prep.cache_root).metrics
+    alternatives = {"base point": base.pipeline} if rechosen is not None else None
+    after_metrics = evaluate_records(load_bundle(out_dir), held, prep.cache_root, alternatives=alternatives).metrics
     after = held_out_scores(after_metrics)
+    held_out = {"before": before, "after": after}
+    if rechosen is not None:
+        held_out["after_base_point"] = held_out_scores(after_metrics["alternatives"]["base point"])
     result = {
         **provenance,
-        "held_out": {"before": before, "after": after},
+        "held_out": held_out,
         "members": len(tuned),
         "train_minutes": minutes,
         "seconds": round(time.perf_counter() - t0, 1),
-        "operating_point": "the base bundle's (not re-tuned)",
-    }
+        "operating_point": (
+            "the base bundle's (not re-tuned)" if rechosen is None
+            else f"the base bundle's, mask threshold re-chosen on the fine-tuning patients: {rechosen['mask_threshold']}"
+        ),
+    }  # fmt: skip
     atomic_write_text(out_dir / "finetune.json", json.dumps(result, indent=1) + "\n")
     # the evaluations' full metrics (counts included) for callers that pool several runs
     return result | {"_metrics": {"before": before_metrics, "after": after_metrics}}
+
+
+def _rechoose(bundle: Any, model_dir: Path, records: list, cache_root: Path, skip_bad: bool) -> dict[str, Any]:
+    """The fine-tuned ``bundle``'s mask threshold chosen again on ``records`` (the
+    fine-tuning patients) by the base bundle's policy; returns the new pipeline under
+    "pipeline" and what was chosen, from what, for the run's JSON."""
+    from ichseg.evaluate.oof import member_rows
+    from ichseg.evaluate.oof_grid import DEFAULT_POLICY
+    from ichseg.evaluate.rechoose import rechoose_mask_threshold
+    from ichseg.evaluate.report import ensure_caches
+
+    summary = Path(model_dir) / "cv_summary.json"
+    policy = load_json(summary).get("policy", DEFAULT_POLICY) if summary.exists() else DEFAULT_POLICY
+    recs = ensure_caches(bundle, records, cache_root, skip_bad=skip_bad)
+    p = bundle.pipeline
+    rows = member_rows(bundle.unet, bundle.unet_config, recs, cache_root, bundle.preprocess, bundle.heads,
+                       eval_px=p.eval_size_px, without_intracranial=False, tta_flip=p.tta_flip)  # fmt: skip
+    new, candidates = rechoose_mask_threshold(rows, p, policy)
+    log.info("mask threshold re-chosen on %d fine-tuning slices: %s -> %s", len(rows), p.mask_threshold, new.mask_threshold)
+    keep = ("mask_threshold", "head_mask_threshold", "score", "slice", "scan", "pixel", "fp_px_per_normal_patient")
+    return {
+        "pipeline": new,
+        "policy": policy,
+        "base_mask_threshold": p.mask_threshold,
+        "mask_threshold": new.mask_threshold,
+        "head_mask_threshold": new.head_mask_threshold,
+        "chosen_on": f"{len({r['patient_id'] for r in rows})} fine-tuning patients, {len(rows)} slices (in sample)",
+        "candidates": [{k: c.get(k) for k in keep} for c in candidates],
+    }

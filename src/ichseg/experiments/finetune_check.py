@@ -97,15 +97,17 @@ def pooled_scores(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 VARIANTS = ("plain", "rehearsal", "batchnorm", "frozen-bn", "rehearsal-frozen-bn")
+RECHOSEN = "-rechosen"  # suffix of a weight-training variant: its mask threshold re-chosen after
 
 
 def _variant(ft: Any, v: str) -> Any:
     """The fine-tuning schedule of variant ``v`` (see :func:`run`)."""
-    if v not in VARIANTS:
-        raise ValueError(f"unknown variant {v!r}: one of {', '.join(VARIANTS)}")
-    if v == "batchnorm":
+    core = v.removesuffix(RECHOSEN)
+    if core not in VARIANTS or (core != v and core == "batchnorm"):
+        raise ValueError(f"unknown variant {v!r}: one of {', '.join(VARIANTS)}, the last four also with {RECHOSEN}")
+    if core == "batchnorm":
         return dataclasses.replace(ft, adapt="batchnorm")
-    return dataclasses.replace(ft, freeze_batchnorm=v.endswith("frozen-bn"))
+    return dataclasses.replace(ft, freeze_batchnorm=core.endswith("frozen-bn"), rechoose_threshold=core != v)
 
 
 def _score_turns(
@@ -141,6 +143,10 @@ def _score_turns(
             if v == variants[0]:
                 parts["before"].append(metrics["before"])
             parts.setdefault(f"after_{v}", []).append(metrics["after"])
+            if ftv.rechoose_threshold:  # the same networks at the base point: what the re-choice alone did
+                chosen = r["rechosen_threshold"]
+                runs[name]["mask_threshold"] = {"base": chosen["base_mask_threshold"], "rechosen": chosen["mask_threshold"]}
+                parts.setdefault(f"after_{v}_base_point", []).append(metrics["after"]["alternatives"]["base point"])
 
 
 def fold_bundle(template: Path, member: Path, out: Path) -> Path:
@@ -259,6 +265,18 @@ LABELS = {
 }
 
 
+def label(name: str) -> str:
+    """The table's words for a pooled row (``after_<variant>[-rechosen][_base_point]``)."""
+    if name in LABELS:
+        return LABELS[name]
+    core = name.removesuffix("_base_point").removesuffix(RECHOSEN)
+    if core not in LABELS:
+        return name
+    text = LABELS[core].removesuffix(", new scanner")
+    how = "the base point" if name.endswith("_base_point") else "mask threshold re-chosen on the fine-tuning half"
+    return f"{text}, {how}, new scanner"
+
+
 def markdown(r: dict[str, Any]) -> str:
     h = r["held_out"]
     keys = list(h["before"])
@@ -266,7 +284,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [f"| {n} site patients, each scored by a model that never saw it | " + " | ".join(keys) + " |",
              "|" + "---|" * (len(keys) + 1)]  # fmt: skip
     for name, v in h.items():
-        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join("n/a" if v[k] is None else f"{v[k]:.3f}" for k in keys) + " |")
+        lines.append(f"| {label(name)} | " + " | ".join("n/a" if v[k] is None else f"{v[k]:.3f}" for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -280,7 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--samples-per-epoch", type=int, default=256)
     p.add_argument("--learning-rate", type=float, default=1e-4)
-    p.add_argument("--variants", default="plain,rehearsal", help="comma-separated: " + ", ".join(VARIANTS))
+    p.add_argument(
+        "--variants",
+        default="plain,rehearsal",
+        help="comma-separated: " + ", ".join(VARIANTS) + f" (all but batchnorm also with {RECHOSEN})",
+    )
     p.add_argument(
         "--fold",
         type=int,
