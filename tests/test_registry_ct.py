@@ -1,5 +1,5 @@
-"""Real multi-slice CT from outside CT-ICH, from registry packages' source distributions
-(:mod:`ichseg.experiments.external`): each is read, and predicted or refused with the right
+"""Real multi-slice CT from outside CT-ICH, from registry packages (PyPI source distributions,
+Debian packages; :mod:`ichseg.experiments.registry_cases`): each is read, and predicted or refused with the right
 message. ``.ci/run`` fetches them into ``$ICHSEG_EXTERNAL_CT``; elsewhere they are fetched
 by ``python -m ichseg.experiments.external --fetch DIR`` and the tests skip without them
 (in CI they fail instead). No label exists, so no verdict is asserted beyond consistency:
@@ -49,7 +49,7 @@ def test_a_real_contrast_head_series_is_read_with_seg_sr_and_its_caution(tmp_pat
     assert seg.Modality == "SEG" and "measurements.dcm" in s["outputs"]
 
 
-@pytest.mark.parametrize("name", ["dicom2stl-head", "dicom2stl-example"])
+@pytest.mark.parametrize("name", ["dicom2stl-head", "dicom2stl-example", "invesalius-cranium"])
 def test_real_head_volumes_in_nifti_pass_the_head_check(name: str, tmp_path: Path) -> None:
     s = _predict(_case(name), tmp_path / "out")
     assert s["head_check"].startswith("skull around a brain")
@@ -77,3 +77,38 @@ def test_rim_excess_is_the_band_inside_the_skull_over_deep_brain() -> None:
     cv2.circle(s, (128, 128), 90, 35, -1)  # brain
     assert rim_excess_hu(np.stack([s, s]), 0.5) == 35.0
     assert rim_excess_hu(np.full((1, 64, 64), -1000, np.float32), 0.5) is None  # no skull
+
+
+def test_an_invesalius_project_becomes_a_nifti_the_reader_orients(tmp_path: Path) -> None:
+    """InVesalius stores slices from the skull base up, rows towards the face, columns towards
+    the patient's left: read back, the face is at the top of the image, as in every DICOM
+    axial, and the spacings follow their axes."""
+    import io
+    import plistlib
+    import tarfile
+
+    import numpy as np
+
+    from ichseg.experiments.registry_cases import inv3_to_nifti
+    from ichseg.io.nifti import read_nifti
+
+    zyx = np.zeros((3, 4, 5), np.int16)
+    zyx[0, 3, 1] = 1000  # lowest slice, the row nearest the face, the second column from the right
+    main_plist = plistlib.dumps({"matrix": {"filename": "matrix.dat", "dtype": "int16", "shape": [3, 4, 5]},
+                                 "spacing": [0.5, 0.6, 2.0], "modality": "CT"})  # fmt: skip
+    src = tmp_path / "Head.inv3"
+    with tarfile.open(src, "w:gz") as tar:
+        for name, data in (("proj/main.plist", main_plist), ("proj/matrix.dat", zyx.tobytes())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    vol = read_nifti(inv3_to_nifti(src, tmp_path / "out" / "head.nii.gz"))
+    assert vol.hu.shape == (3, 4, 5)
+    assert vol.hu[0, 0, 1] == 1000  # face row now on top; slice and column unchanged
+    assert vol.spacing_mm[0] == pytest.approx(2.0)
+    assert tuple(vol.pixel_spacing) == pytest.approx((0.6, 0.5))
+    (tmp_path / "bad.inv3").write_bytes(b"")
+    with tarfile.open(tmp_path / "bad.inv3", "w:gz"):
+        pass
+    with pytest.raises(ValueError, match="not an InVesalius 3 project"):
+        inv3_to_nifti(tmp_path / "bad.inv3", tmp_path / "bad.nii.gz")

@@ -2,13 +2,14 @@
 
 CT-ICH's JPGs all went through one export; a hospital's scanner gives other textures,
 kernels, pixel sizes and headers. These are the real (scanner-acquired) CT series found
-inside packages on the registries this project may use (PyPI source distributions: their
-wheels leave the data out). None has a hemorrhage label, so what is measured is what a
+inside packages on the registries this project may use (PyPI source distributions, whose
+wheels leave the data out, and Debian packages; :mod:`.registry_cases` lists and fetches
+them). None has a hemorrhage label, so what is measured is what a
 user would see: is the series read, is it refused when it is not a head, and what does the
 model answer on a head that, as far as a reader can tell, does not bleed.
 
-``python -m ichseg.experiments.external --fetch runs/external`` downloads the source
-distributions (``pip download``, registries only) and extracts the cases; ``--model M --out
+``python -m ichseg.experiments.external --fetch runs/external`` downloads the packages
+(``pip download``, ``apt-get download``: registries only) and extracts the cases; ``--model M --out
 results/external/<name>`` predicts each with bundle M (default: the shipped model) and
 writes ``external.json`` and ``external.md``; overlays stay under ``--work`` (default
 ``runs/external/out``), never in the repository (the series keep their packages' licences).
@@ -19,102 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
-import tarfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ichseg.experiments.registry_cases import CASES, Case, case_input, fetch
 from ichseg.files import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Case:
-    """One real series inside a registry package's source distribution."""
-
-    name: str
-    package: str  # on PyPI, pinned
-    version: str
-    member: str  # path inside the sdist below its top folder: a series folder or a NIfTI file
-    licence: str
-    what: str  # what a reader sees in it (no label exists)
-    head: bool  # a head CT the model should answer on (False: it must be refused)
-
-
-CASES = (
-    Case(
-        "rsna-head-contrast", "rsna-anonymizer", "19.0.10",
-        "tests/controller/assets/test_dcm_files/CT_Head_With_Contrast", "Apache-2.0",
-        "axial head CT with IV contrast, a 5-year-old, 34 slices of 5 mm, Philips Brilliance 64, "
-        "lossy JPEG 2000; no bleed visible",
-        True,
-    ),
-    Case(
-        "dicom2stl-head", "dicom2stl", "0.5.0", "examples/Data/ct_head.nii.gz", "MIT",
-        "adult head CT as NIfTI, neck to vertex, 95 slices of 2.5 mm at 1.01 mm pixels (resampled); "
-        "unlabelled: no focal bleed visible, a thin bright rim along the inner table on both sides",
-        True,
-    ),
-    Case(
-        "dicom2stl-example", "dicom2stl", "0.5.0", "examples/Data/ct_example.nii.gz", "MIT",
-        "adult head CT as NIfTI, 26 slices of 4 mm at 1.25 mm pixels, a hypodense temporal lesion; "
-        "no hyperdense bleed visible",
-        True,
-    ),
-    Case(
-        "totalsegmentator-abdomen", "totalsegmentator", "2.18.0", "tests/reference_files/example_ct_dicom",
-        "Apache-2.0", "upper-abdomen CT (liver, spleen), 20 slices, Siemens, blank UIDs", False,
-    ),
-)  # fmt: skip
-
-
-def fetch(dest: Path) -> Path:
-    """Download each package's source distribution into ``dest/sdist`` and extract every
-    case to ``dest/<case name>`` (kept if already there)."""
-    dest = Path(dest)
-    sdists = dest / "sdist"
-    sdists.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PIP_CONSTRAINT": ""}  # a machine-wide constraints file must not veto old pins
-    for pkg, ver in sorted({(c.package, c.version) for c in CASES}):
-        if any(sdists.glob(f"{pkg.replace('-', '?')}-{ver}.tar.gz")):
-            continue
-        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q"]
-        subprocess.run([*pip, f"{pkg}=={ver}", "-d", str(sdists)], check=True, env=env)
-    for case in CASES:
-        target = dest / case.name
-        if target.exists():
-            continue
-        (archive,) = sdists.glob(f"{case.package.replace('-', '?')}-{case.version}.tar.gz")
-        with tarfile.open(archive) as tar:
-            top = tar.getnames()[0].split("/")[0]
-            prefix = f"{top}/{case.member}"
-            members = [m for m in tar.getmembers() if m.isfile() and (m.name == prefix or m.name.startswith(prefix + "/"))]
-            if not members:
-                raise FileNotFoundError(f"{archive}: no {case.member}")
-            tmp = dest / f".{case.name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tar.extractall(tmp, members=members, filter="data")
-            src = tmp / prefix
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if src.is_dir():
-                src.rename(target)
-            else:
-                target.mkdir()
-                src.rename(target / src.name)
-            shutil.rmtree(tmp)
-    return dest
-
-
-def case_input(dest: Path, case: Case) -> Path:
-    """What ``ichseg predict`` is given: the series folder, or the NIfTI file."""
-    folder = Path(dest) / case.name
-    files = list(folder.glob("*.nii.gz"))
-    return files[0] if len(files) == 1 and len(list(folder.iterdir())) == 1 else folder
 
 
 def run_case(dest: Path, case: Case, model: Path | None, work: Path) -> dict[str, Any]:
