@@ -11,6 +11,7 @@ the repository, and each keeps its package's licence.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -147,11 +150,15 @@ def _extract(archive: Path, case: Case, tmp: Path) -> Path:
 
 def fetch(dest: Path) -> Path:
     """Download each case's package into ``dest`` and put every case at ``dest/<case name>``
-    (kept if already there; a half-made one is never left under that name)."""
+    (kept if already there; a half-made one is never left under that name). A Debian case
+    is left out, with a warning, on a machine without apt-get and dpkg-deb."""
     dest = Path(dest)
     for case in CASES:
         target = dest / case.name
         if target.exists():
+            continue
+        if case.registry == "debian" and not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
+            log.warning("%s: needs apt-get and dpkg-deb (a Debian machine); not fetched", case.name)
             continue
         archive = _download(dest, case)
         tmp = dest / f".{case.name}.tmp"
