@@ -349,3 +349,22 @@ def test_fold_ensemble_cv_resume_assemble_predict_evaluate_stress(
     assert recalibrate(tmp_path / "one" / "model", results / "ens")["operating_point"]["mask_threshold"] == op["mask_threshold"]
     assert json.loads((tmp_path / "one" / "model" / "pipeline.json").read_text())["pipeline"]["screen_threshold"] is None
     assert predict_path(one, patient, tmp_path / "p1")
+
+
+def test_a_skull_thinner_than_the_opening_disc_keeps_the_scalp_out() -> None:
+    """A child's skull or the temporal squama (2-4 mm) is thinner than the disc that regrows
+    the brain's edge (about 5 mm): the growth must stop at the bone, not take the muscle and
+    scalp just outside it (on a real head that muscle was then outlined as blood)."""
+    size, c = 256, (128, 128)
+    bone = np.zeros((size, size), np.uint8)
+    cv2.ellipse(bone, c, (110, 96), 0, 0, 360, 75, -1)  # scalp and temporalis, 8 px
+    cv2.ellipse(bone, c, (102, 88), 0, 0, 360, 220, -1)  # skull, 2 px: under the disc's 5 px radius
+    cv2.ellipse(bone, c, (100, 86), 0, 0, 360, 75, -1)  # brain
+    m = intracranial_mask(bone)
+    outside = np.zeros_like(bone)
+    cv2.ellipse(outside, c, (110, 96), 0, 0, 360, 1, -1)
+    cv2.ellipse(outside, c, (102, 88), 0, 0, 360, 0, -1)
+    assert not (m & outside.astype(bool)).any()
+    inside = np.zeros_like(bone)
+    cv2.ellipse(inside, c, (100, 86), 0, 0, 360, 1, -1)
+    assert (m & inside.astype(bool)).sum() / inside.sum() > 0.99

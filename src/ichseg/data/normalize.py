@@ -34,7 +34,12 @@ def intracranial_mask(bone_u8: np.ndarray, open_fraction: float = 0.02) -> np.nd
     Soft tissue (bone-window grey in ``SOFT_TISSUE_BONE_WINDOW``) is opened with a disc
     of radius ``open_fraction`` × the image size, which cuts the thin scalp ring off the
     brain where the skull is open (skull base, fractures); the largest piece is the brain,
-    grown back by the same radius within soft tissue, its holes filled. A blank slice
+    grown back by the same radius within soft tissue and kept only where the growth stays
+    connected to it, its holes filled. Why connected: a disc of that radius (about 5 mm
+    on CT-ICH's frame) reaches across a skull thinner than itself, and the temporal
+    squama is 2-4 mm thick, so the growth alone also took a sliver of temporalis muscle
+    outside the bone, where a real scanner head's muscle (60-90 HU) was then outlined as
+    blood (docs/RESULTS.md, issue 14). A blank slice
     (no bone window: all zeros) gives an all-True mask, so a missing window never deletes
     a finding; a slice with no soft tissue (above the head) gives an all-False mask.
     """
@@ -53,7 +58,9 @@ def intracranial_mask(bone_u8: np.ndarray, open_fraction: float = 0.02) -> np.nd
         return np.zeros(bone.shape, bool)
     biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     brain = (labels == biggest).astype(np.uint8)
-    brain = cv2.dilate(brain, disc) & soft
+    grown = cv2.dilate(brain, disc) & soft
+    _, pieces = cv2.connectedComponents(grown, connectivity=4)
+    brain = (pieces == pieces[brain > 0][0]).astype(np.uint8)  # the brain is one 4-connected piece
     contours, _ = cv2.findContours(brain, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     filled = np.zeros_like(brain)
     cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
