@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ichseg.cli import main
-from ichseg.experiments.external import CASES, case_input
+from ichseg.experiments.registry_cases import CASES, case_input
 
 ROOT = Path(os.environ.get("ICHSEG_EXTERNAL_CT", Path(__file__).resolve().parents[1] / "runs" / "external"))
 BY_NAME = {c.name: c for c in CASES}

@@ -171,7 +171,7 @@ def look(
     fetch_dir: Path, data: Path | None, patients: list[str], work: Path, case_name: str = "dicom2stl-head"
 ) -> dict[str, Any]:
     """The measurements above for one registry case (and CT-ICH ``patients`` from ``data``)."""
-    from ichseg.experiments.external import CASES, case_input, fetch
+    from ichseg.experiments.registry_cases import CASES, case_input, fetch
     from ichseg.infer.pipeline import load_bundle
     from ichseg.infer.shipped import shipped_model_dir
     from ichseg.io.nifti import read_nifti

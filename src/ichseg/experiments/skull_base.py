@@ -53,7 +53,7 @@ def run(data: Path | None, fetch_dir: Path | None) -> dict[str, Any]:
             vol, truth, _ = ctich_volume(p)
             out["ct_ich"][p.name] = census(vol.hu, vol.pixel_spacing, superior_mm(vol), truth)
     if fetch_dir is not None:
-        from ichseg.experiments.external import CASES, case_input, fetch
+        from ichseg.experiments.registry_cases import CASES, case_input, fetch
         from ichseg.io.dicom import read_dicom_series
         from ichseg.io.nifti import read_nifti
 
